@@ -1,0 +1,272 @@
+"""The idempotent consumer every service uses.
+
+A batch from Kafka is handled in ONE database transaction together with the record
+of which event ids this consumer has processed; only after that commit is the Kafka
+offset committed (FastStream ``AckPolicy.MANUAL``). So a crash anywhere redelivers,
+and a redelivered or re-published event changes nothing.
+
+Failures are sorted: transient ones (database or broker unreachable) are retried with
+jittered backoff and nothing is committed; anything else is isolated to the event that
+causes it, which goes to ``<topic>.dlq`` with its origin, never into a tight loop.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import sqlalchemy.exc
+from aiokafka import ConsumerRecord
+from aiokafka.errors import KafkaError
+from faststream import AckPolicy, Context
+from faststream.kafka import KafkaBroker, KafkaMessage
+from pydantic import ValidationError
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
+
+from lx_platform.db import Database
+from lx_platform.kafka import dead_letter_topic
+from lx_platform.logging import get_logger
+from lx_platform.outbox import Outbox, OutboxRelay
+from lx_schemas.envelope import Event, UnknownEventError, decode_event, derived_id, utcnow
+from lx_schemas.topics import TopicSpec
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Consumed:
+    """An event with where it came from."""
+
+    event: Event
+    topic: str
+    partition: int
+    offset: int
+
+
+BatchHandler = Callable[[AsyncConnection, Sequence[Consumed]], Awaitable[None]]
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Infrastructure trouble that a retry can cure, as opposed to a poison message."""
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        exc = exc.orig or exc
+    return isinstance(
+        exc,
+        OSError
+        | TimeoutError
+        | KafkaError
+        | sqlalchemy.exc.OperationalError
+        | sqlalchemy.exc.InterfaceError
+        | sqlalchemy.exc.TimeoutError
+        | psycopg.OperationalError
+        | psycopg.errors.SerializationFailure
+        | psycopg.errors.DeadlockDetected,
+    )
+
+
+_DECODE_ERRORS = (UnknownEventError, ValidationError, ValueError, UnicodeDecodeError)
+
+
+class IdempotentConsumer:
+    """Registers one FastStream batch subscriber whose handler is exactly-once in effect."""
+
+    def __init__(
+        self,
+        *,
+        group_id: str,
+        topics: Sequence[TopicSpec],
+        handler: BatchHandler,
+        db: Database,
+        outbox: Outbox,
+        relay: OutboxRelay,
+        topic_prefix: str = "",
+        after_commit: Callable[[], None] | None = None,
+    ) -> None:
+        self.group_id = group_id
+        self.after_commit = after_commit
+        self.topics = [t.qualified(topic_prefix) for t in topics]
+        self.handler = handler
+        self.db = db
+        self.outbox = outbox
+        self.relay = relay
+        self.consumed = 0
+        self.dead_lettered = 0
+
+    def register(
+        self, broker: KafkaBroker, *, fetch_max_wait_ms: int, batch_timeout_ms: int,
+        max_records: int,
+    ) -> None:  # fmt: skip
+        @broker.subscriber(
+            *self.topics,
+            group_id=self.group_id,
+            batch=True,
+            max_records=max_records,
+            batch_timeout_ms=batch_timeout_ms,
+            fetch_max_wait_ms=fetch_max_wait_ms,
+            auto_offset_reset="earliest",
+            ack_policy=AckPolicy.MANUAL,
+            title=f"{self.group_id}:{','.join(self.topics)}",
+        )
+        async def consume(body: Any, message: KafkaMessage = Context("message")) -> None:
+            raw = message.raw_message
+            records: tuple[ConsumerRecord[Any, Any], ...] = raw if isinstance(raw, tuple) else (raw,)
+            await self.process(records)
+            await message.ack()
+
+    async def process(self, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+        """Apply a batch; returns only once its effects are committed to the database."""
+        decoded: list[Consumed] = []
+        poison: list[tuple[ConsumerRecord[Any, Any], BaseException]] = []
+        for record in records:
+            try:
+                event = decode_event(record.value)
+            except _DECODE_ERRORS as exc:
+                poison.append((record, exc))
+                continue
+            decoded.append(Consumed(event, record.topic, record.partition, record.offset))
+
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(is_transient),
+            wait=wait_exponential_jitter(initial=0.2, max=10.0),
+            before_sleep=lambda rs: log.warning(
+                "consumer_retrying", group=self.group_id, error=repr(rs.outcome.exception())
+            ),
+            reraise=True,
+        ):
+            with attempt:
+                await self._apply(decoded, poison)
+        self.consumed += len(records)
+        self.relay.wake()
+        if self.after_commit is not None:
+            self.after_commit()
+
+    async def _apply(
+        self,
+        decoded: list[Consumed],
+        poison: list[tuple[ConsumerRecord[Any, Any], BaseException]],
+    ) -> None:
+        try:
+            async with self.db.begin() as conn:
+                for record, exc in poison:
+                    await self._dead_letter(conn, record, exc)
+                fresh = await self._claim(conn, decoded)
+                if fresh:
+                    await self.handler(conn, fresh)
+            return
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            log.warning("batch_failed_isolating", group=self.group_id, error=repr(exc))
+        # Something in the batch is poison: apply the events one by one to find it.
+        for record, exc in poison:
+            async with self.db.begin() as conn:
+                await self._dead_letter(conn, record, exc)
+        for item in decoded:
+            try:
+                async with self.db.begin() as conn:
+                    fresh = await self._claim(conn, [item])
+                    if fresh:
+                        await self.handler(conn, fresh)
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                await self._dead_letter_event(item, exc)
+
+    async def _dead_letter_event(self, item: Consumed, exc: BaseException) -> None:
+        async with self.db.begin() as conn:
+            if await self._claim(conn, [item]):
+                await self.outbox.stage_raw(
+                    conn,
+                    topic=dead_letter_topic(item.topic),
+                    key=str(item.event.correlation_id).encode(),
+                    headers=self._origin_headers(item.topic, item.partition, item.offset, exc),
+                    value=item.event.to_json(),
+                )
+                self.dead_lettered += 1
+        log.error(
+            "event_dead_lettered", group=self.group_id, topic=item.topic, offset=item.offset,
+            event_id=str(item.event.event_id), lead_id=str(item.event.correlation_id),
+            error=repr(exc),
+        )  # fmt: skip
+
+    async def _claim(self, conn: AsyncConnection, items: Sequence[Consumed]) -> list[Consumed]:
+        """Record the event ids as processed; returns only those not processed before."""
+        if not items:
+            return []
+        rows = await conn.execute(
+            text(
+                "insert into processed_events (consumer, event_id, topic, partition, \"offset\")"
+                " select :c, * from unnest("
+                "  cast(:ids as uuid[]), cast(:topics as text[]), cast(:parts as int[]),"
+                "  cast(:offs as bigint[]))"
+                " on conflict do nothing returning event_id"
+            ),
+            {
+                "c": self.group_id,
+                "ids": [i.event.event_id for i in items],
+                "topics": [i.topic for i in items],
+                "parts": [i.partition for i in items],
+                "offs": [i.offset for i in items],
+            },
+        )
+        new_ids = {r[0] for r in rows}
+        fresh, seen = [], set()
+        for item in items:  # a batch can hold the same event twice (re-published)
+            if item.event.event_id in new_ids and item.event.event_id not in seen:
+                seen.add(item.event.event_id)
+                fresh.append(item)
+        return fresh
+
+    async def _claim_record(self, conn: AsyncConnection, record: ConsumerRecord[Any, Any]) -> bool:
+        """Undecodable records have no event id: their position stands in for one."""
+        pseudo_id = derived_id("record", record.topic, record.partition, record.offset)
+        row = await conn.execute(
+            text(
+                "insert into processed_events (consumer, event_id, topic, partition, \"offset\")"
+                " values (:c, :id, :t, :p, :o) on conflict do nothing returning event_id"
+            ),
+            {"c": self.group_id, "id": pseudo_id, "t": record.topic, "p": record.partition,
+             "o": record.offset},
+        )  # fmt: skip
+        return row.first() is not None
+
+    async def _dead_letter(
+        self, conn: AsyncConnection, record: ConsumerRecord[Any, Any], exc: BaseException
+    ) -> None:
+        if not await self._claim_record(conn, record):
+            return
+        await self.outbox.stage_raw(
+            conn,
+            topic=dead_letter_topic(record.topic),
+            key=record.key,
+            headers=self._origin_headers(record.topic, record.partition, record.offset, exc),
+            value=record.value or b"",
+        )
+        self.dead_lettered += 1
+        log.error(
+            "record_dead_lettered", group=self.group_id, topic=record.topic,
+            partition=record.partition, offset=record.offset, error=repr(exc)[:500],
+        )  # fmt: skip
+
+    def _origin_headers(
+        self, topic: str, partition: int, offset: int, exc: BaseException
+    ) -> dict[str, str]:
+        return {
+            "lx-dlq-origin-topic": topic,
+            "lx-dlq-origin-partition": str(partition),
+            "lx-dlq-origin-offset": str(offset),
+            "lx-dlq-consumer-group": self.group_id,
+            "lx-dlq-error": repr(exc)[:1000],
+            "lx-dlq-trace": json.dumps(traceback.format_exception(exc)[-3:])[:2000],
+            "lx-dlq-failed-at": utcnow().isoformat(),
+            "lx-dlq-id": str(uuid.uuid4()),
+        }

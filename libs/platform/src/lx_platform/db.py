@@ -1,0 +1,101 @@
+"""Database access (SQLAlchemy 2 async on psycopg 3) and SQL migrations.
+
+Migrations are plain, forward-only SQL files in each package's ``migrations``
+folder, applied in name order under an advisory lock. Alembic was not chosen: with
+SQLAlchemy Core and no ORM models there is nothing to autogenerate, and plain SQL
+files keep the schema readable by operators and by the Docker image alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from importlib import resources
+
+from sqlalchemy import make_url, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from lx_platform.logging import get_logger
+
+log = get_logger(__name__)
+
+
+class Database:
+    """One service's database. Creating it does not connect."""
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.url = url
+        self.engine: AsyncEngine = create_async_engine(
+            url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+        )
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction: committed when the block ends, rolled back if it raises."""
+        async with self.engine.begin() as conn:
+            yield conn
+
+    async def ping(self) -> bool:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("select 1"))
+            return True
+        except Exception:  # readiness probe: any failure means "not ready"
+            return False
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+async def ensure_database(url: str) -> None:
+    """Create the database named in ``url`` if it is missing (needs CREATEDB)."""
+    target = make_url(url)
+    admin = create_async_engine(
+        target.set(database="postgres"), isolation_level="AUTOCOMMIT", pool_size=1
+    )
+    try:
+        async with admin.connect() as conn:
+            exists = await conn.scalar(
+                text("select 1 from pg_database where datname = :n"), {"n": target.database}
+            )
+            if not exists:
+                await conn.exec_driver_sql(f'CREATE DATABASE "{target.database}"')
+                log.info("database_created", database=target.database)
+    except Exception as exc:  # the DB may exist on a server where we may not create
+        log.warning("database_not_checked", database=target.database, error=str(exc))
+    finally:
+        await admin.dispose()
+
+
+async def apply_migrations(db: Database, packages: Sequence[str]) -> list[str]:
+    """Apply every ``<package>.migrations/*.sql`` not applied yet; returns what ran."""
+    applied: list[str] = []
+    async with db.begin() as conn:
+        # One migrator at a time across all replicas of this service.
+        lock_id = int.from_bytes(hashlib.sha256(b"lx-migrations").digest()[:7], "big")
+        await conn.execute(text("select pg_advisory_xact_lock(:k)"), {"k": lock_id})
+        await conn.exec_driver_sql(
+            "create table if not exists schema_migrations ("
+            " component text not null, version text not null,"
+            " applied_at timestamptz not null default now(),"
+            " primary key (component, version))"
+        )
+        done = {
+            (c, v)
+            for c, v in (await conn.execute(text("select component, version from schema_migrations")))
+        }
+        for package in packages:
+            folder = resources.files(package).joinpath("migrations")
+            for item in sorted(folder.iterdir(), key=lambda p: p.name):
+                if not item.name.endswith(".sql") or (package, item.name) in done:
+                    continue
+                await conn.exec_driver_sql(item.read_text())
+                await conn.execute(
+                    text("insert into schema_migrations (component, version) values (:c, :v)"),
+                    {"c": package, "v": item.name},
+                )
+                applied.append(f"{package}/{item.name}")
+    if applied:
+        log.info("migrations_applied", migrations=applied)
+    return applied

@@ -1,0 +1,69 @@
+"""structlog set-up: JSON lines with a PII redaction step before rendering."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+# Keys whose values are PII whatever the campaign calls its fields.
+PII_KEYS = frozenset(
+    {
+        "email", "phone", "first_name", "last_name", "name", "address", "street",
+        "ssn", "dob", "date_of_birth", "ip", "ip_address", "pii", "body",
+        "request_body", "response_body", "authorization", "api_key", "password",
+    }
+)  # fmt: skip
+REDACTED = "[redacted]"
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
+_PHONE = re.compile(r"\+?\d[\d ().-]{8,}\d")
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return _PHONE.sub(REDACTED, _EMAIL.sub(REDACTED, value))
+    if isinstance(value, dict):
+        return {k: REDACTED if k.lower() in PII_KEYS else _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def redact_pii(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Drop values under PII keys and mask e-mail addresses and phone numbers anywhere."""
+    for key in list(event_dict):
+        if key.lower() in PII_KEYS:
+            event_dict[key] = REDACTED
+        elif key not in ("timestamp", "level", "lead_id", "correlation_id"):
+            event_dict[key] = _scrub(event_dict[key])
+    return event_dict
+
+
+def configure_logging(service: str, level: str = "INFO", json_output: bool = True) -> None:
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if json_output else structlog.dev.ConsoleRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            redact_pii,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    structlog.contextvars.bind_contextvars(service=service)
+    # Libraries' stdlib logs (aiokafka, uvicorn) go through the same redaction.
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(message)s")
+
+
+def get_logger(name: str | None = None) -> Any:
+    return structlog.get_logger(name)

@@ -1,0 +1,169 @@
+"""The composition root every service shares: wiring without connecting, then a
+lifespan that connects, migrates, creates topics and starts consumers and the relay."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from faststream.kafka import KafkaBroker
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from lx_platform.consumer import BatchHandler, IdempotentConsumer
+from lx_platform.db import Database, apply_migrations, ensure_database
+from lx_platform.http import health_router, problem
+from lx_platform.kafka import EventPublisher, ensure_topics, make_broker
+from lx_platform.logging import configure_logging, get_logger
+from lx_platform.outbox import Outbox, OutboxRelay
+from lx_platform.settings import ServiceSettings
+from lx_schemas.topics import TopicSpec
+
+log = get_logger(__name__)
+Hook = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class Runtime:
+    """Everything a service's handlers need, built once; nothing here has connected yet."""
+
+    name: str
+    settings: ServiceSettings
+    db: Database
+    broker: KafkaBroker
+    publisher: EventPublisher
+    outbox: Outbox
+    relay: OutboxRelay
+    migrations: Sequence[str]
+    consumers: list[IdempotentConsumer] = field(default_factory=list)
+    on_start: list[Hook] = field(default_factory=list)
+    on_stop: list[Hook] = field(default_factory=list)
+    http: httpx.AsyncClient | None = None
+    # Service-specific collaborators built in the composition root (a key vault, a worker).
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def consume(
+        self, *, group_id: str, topics: Sequence[TopicSpec], handler: BatchHandler,
+        after_commit: Callable[[], None] | None = None,
+    ) -> None:  # fmt: skip
+        kafka = self.settings.kafka
+        consumer = IdempotentConsumer(
+            group_id=group_id, topics=topics, handler=handler, db=self.db, outbox=self.outbox,
+            relay=self.relay, topic_prefix=kafka.topic_prefix, after_commit=after_commit,
+        )  # fmt: skip
+        consumer.register(
+            self.broker,
+            fetch_max_wait_ms=kafka.fetch_max_wait_ms,
+            batch_timeout_ms=kafka.batch_timeout_ms,
+            max_records=kafka.max_batch_records,
+        )
+        self.consumers.append(consumer)
+
+    def internal_client(self) -> httpx.AsyncClient:
+        """HTTP client for synchronous service-to-service calls (tight timeouts)."""
+        if self.http is None:
+            p = self.settings.platform
+            self.http = httpx.AsyncClient(
+                timeout=p.internal_timeout_s,
+                headers={"x-lx-internal-token": p.internal_token.get_secret_value()},
+            )
+        return self.http
+
+
+def build_runtime(name: str, settings: ServiceSettings, migrations: Sequence[str]) -> Runtime:
+    db = Database(settings.database_url, pool_size=settings.db_pool_size)
+    broker = make_broker(settings.kafka, client_id=f"lx-{name}")
+    publisher = EventPublisher(broker, settings.kafka.topic_prefix)
+    return Runtime(
+        name=name, settings=settings, db=db, broker=broker, publisher=publisher,
+        outbox=Outbox(publisher), relay=OutboxRelay(db, publisher), migrations=migrations,
+    )  # fmt: skip
+
+
+async def start_runtime(rt: Runtime) -> None:
+    await ensure_database(rt.settings.database_url)
+    await apply_migrations(rt.db, ["lx_platform", *rt.migrations])
+    if rt.settings.kafka.create_topics:
+        await ensure_topics(rt.settings.kafka)
+    await rt.broker.start()
+    rt.relay.start()
+    for hook in rt.on_start:
+        await hook()
+    log.info("service_started", consumers=[c.group_id for c in rt.consumers])
+
+
+async def stop_runtime(rt: Runtime) -> None:
+    for hook in reversed(rt.on_stop):
+        await hook()
+    # Stopping the broker lets in-flight handlers finish (graceful_timeout) before
+    # leaving the group; unfinished batches are not acknowledged and come back.
+    await rt.broker.stop()
+    await rt.relay.stop()
+    if rt.http is not None:
+        await rt.http.aclose()
+    await rt.db.dispose()
+    log.info("service_stopped")
+
+
+def create_app(rt: Runtime, *, title: str, description: str = "") -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        s = rt.settings
+        configure_logging(rt.name, s.log.level, s.log.json_output)
+        await start_runtime(rt)
+        try:
+            yield
+        finally:
+            await stop_runtime(rt)
+
+    app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan)
+    app.state.runtime = rt
+
+    async def broker_ok() -> bool:
+        try:
+            return bool(await rt.broker.ping(timeout=2.0))
+        except Exception:  # readiness probe: any failure means "not ready"
+            return False
+
+    def checks(_: Request) -> dict[str, Callable[[], Awaitable[bool]]]:
+        return {"database": rt.db.ping, "kafka": broker_ok}
+
+    app.include_router(health_router(checks))
+    install_error_handlers(app)
+    return app
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error answers ``{"error": {"code", "detail"}}``; never a bare 500 page."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> Response:
+        errors = [
+            {"field": ".".join(str(p) for p in e["loc"][1:]), "code": e["type"], "detail": e["msg"]}
+            for e in exc.errors()
+        ]
+        return problem(422, "invalid_request", "the request does not match the schema",
+                       errors=errors)  # fmt: skip
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        if isinstance(exc.detail, dict):
+            return problem(exc.status_code, **exc.detail)
+        code = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+                409: "conflict", 413: "payload_too_large"}.get(exc.status_code, "error")  # fmt: skip
+        return problem(exc.status_code, code, str(exc.detail))
+
+
+def serve(app: FastAPI, settings: ServiceSettings) -> None:
+    """Run one service process; SIGTERM and Ctrl-C shut it down gracefully."""
+    config = uvicorn.Config(
+        app, host=settings.http_host, port=settings.http_port, log_config=None,
+        access_log=False, lifespan="on", timeout_graceful_shutdown=30,
+    )  # fmt: skip
+    uvicorn.Server(config).run()

@@ -1,0 +1,10 @@
+from pydantic_settings import SettingsConfigDict
+
+from lx_platform.settings import ServiceSettings
+
+
+class AdminSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="LX_ADMIN_", extra="ignore")
+
+    database_url: str = "postgresql+psycopg://lx:lx@127.0.0.1:55432/lx_admin"
+    http_port: int = 8000

@@ -1,0 +1,11 @@
+from pydantic_settings import SettingsConfigDict
+
+from lx_platform.settings import ServiceSettings
+
+
+class AnalyticsSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="LX_ANALYTICS_", extra="ignore")
+
+    database_url: str = "postgresql+psycopg://lx:lx@127.0.0.1:55432/lx_analytics"
+    http_port: int = 8005
+    consumer_group: str = "analytics"

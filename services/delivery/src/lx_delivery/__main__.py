@@ -1,0 +1,7 @@
+from lx_delivery.main import create_service
+from lx_delivery.settings import DeliverySettings
+from lx_platform.runtime import serve
+
+if __name__ == "__main__":
+    settings = DeliverySettings()
+    serve(create_service(settings), settings)

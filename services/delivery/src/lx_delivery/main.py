@@ -1,0 +1,31 @@
+"""Delivery's composition root."""
+
+from fastapi import FastAPI
+
+from lx_delivery import api
+from lx_delivery.handlers import DeliveryHandler
+from lx_delivery.keys import LeadKeys
+from lx_delivery.settings import DeliverySettings
+from lx_delivery.worker import DeliveryWorker
+from lx_platform.runtime import build_runtime, create_app
+from lx_schemas import topics
+
+
+def create_service(settings: DeliverySettings | None = None) -> FastAPI:
+    settings = settings or DeliverySettings()
+    rt = build_runtime("delivery", settings, migrations=["lx_delivery"])
+    keys = LeadKeys(rt.internal_client(), settings.platform.ingest_url)
+    worker = DeliveryWorker(rt.db, rt.outbox, rt.relay, keys, settings)
+    rt.extras.update(keys=keys, worker=worker)
+    rt.consume(
+        group_id="delivery",
+        topics=[topics.CONFIG_CHANGED, topics.LEAD_ROUTED],
+        handler=DeliveryHandler(rt.outbox),
+        after_commit=worker.wake,
+    )
+    rt.on_start.append(worker.start)
+    rt.on_stop.append(worker.stop)
+    app = create_app(rt, title="LeadExchange delivery",
+                     description="Posts leads to buyers and keeps every request and response.")  # fmt: skip
+    app.include_router(api.internal)
+    return app

@@ -1,0 +1,272 @@
+"""Posts leads to buyers: leases due jobs, sends, records the try and its events.
+
+A try's whole record (request, response, result, the events that follow) is one
+transaction. A try cut off after sending (crash, lost lease) is recorded as
+``outcome_unknown`` and retried with the same delivery id, never guessed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import time
+import uuid
+from typing import Any
+
+import httpx
+
+from lx_delivery import domain, store
+from lx_delivery.keys import KeyUnavailableError, LeadKeys
+from lx_delivery.settings import DeliverySettings
+from lx_platform.consumer import is_transient
+from lx_platform.crypto import open_fields, seal_bytes
+from lx_platform.db import Database
+from lx_platform.logging import get_logger
+from lx_platform.outbox import Outbox, OutboxRelay
+from lx_schemas import events as ev
+from lx_schemas.envelope import Event, derived_id, utcnow
+
+log = get_logger(__name__)
+R = ev.DeliveryResult
+DELIVERY_ID_HEADER = "X-LeadExchange-Delivery-Id"
+
+
+class DeliveryWorker:
+    def __init__(
+        self, db: Database, outbox: Outbox, relay: OutboxRelay, keys: LeadKeys,
+        settings: DeliverySettings,
+    ) -> None:  # fmt: skip
+        self.db = db
+        self.outbox = outbox
+        self.relay = relay
+        self.keys = keys
+        self.settings = settings
+        # Redirects are not followed: a buyer endpoint answers itself or fails.
+        self.client = httpx.AsyncClient(
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=settings.max_in_flight * 2),
+            headers={"user-agent": "LeadExchange-Delivery/1.0"},
+        )
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(settings.max_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._loop = asyncio.create_task(self._run(), name="delivery-worker")
+
+    async def stop(self) -> None:
+        if self._loop:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+        if self._tasks:  # let tries in flight finish and be recorded
+            await asyncio.wait(self._tasks, timeout=30)
+        await self.client.aclose()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                claimed = await self._dispatch()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("delivery_dispatch_failed", error=repr(exc))
+                await asyncio.sleep(1.0)
+                continue
+            if claimed:
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.poll_s)
+
+    async def _dispatch(self) -> int:
+        free = self.settings.max_in_flight - len(self._tasks)
+        if free <= 0:
+            await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+            return 1
+        async with self.db.begin() as conn:
+            jobs = await store.claim_due(conn, free, lease_s=self._lease_s())
+        for job in jobs:
+            task = asyncio.create_task(self._deliver(job))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return len(jobs)
+
+    def _lease_s(self) -> float:
+        # Longer than any buyer timeout (60 s max) plus time to record the result.
+        return 90.0
+
+    async def _deliver(self, job: store.Job) -> None:
+        try:
+            await self._deliver_once(job)
+        except Exception as exc:
+            # Leave the lease to expire: the job is tried again as outcome unknown.
+            log.error("delivery_failed", lead_id=str(job.lead_id), error=repr(exc),
+                      transient=is_transient(exc))  # fmt: skip
+
+    async def _deliver_once(self, job: store.Job) -> None:
+        if job.interrupted:
+            await self._record_interrupted(job)
+        async with self.db.begin() as conn:
+            buyer = await store.buyer(conn, job.buyer_id)
+        if buyer is None or buyer.status != ev.Status.ACTIVE:
+            reason = "buyer_unknown" if buyer is None else "buyer_paused"
+            await self._conclude(job, job.try_number, domain.Verdict(R.ERROR, reason, False),
+                                 utcnow(), 0.0, None, None, None, None)  # fmt: skip
+            return
+        pii: dict[str, Any] = {}
+        data_key: bytes | None = None
+        sealed = job.lead.pii
+        if sealed is not None:
+            try:
+                data_key = await self.keys.get(sealed.key_id)
+            except KeyUnavailableError as exc:
+                log.warning("lead_key_unavailable", lead_id=str(job.lead_id), error=str(exc))
+                async with self.db.begin() as conn:
+                    await store.reschedule(conn, job.delivery_id, 2.0, count_try=False)
+                return
+            if data_key is None:
+                await self._conclude(job, job.try_number,
+                                     domain.Verdict(R.ERROR, "pii_shredded", False),
+                                     utcnow(), 0.0, None, None, None, None)  # fmt: skip
+                return
+            pii = open_fields(data_key, sealed)
+
+        body = domain.request_body(str(job.lead_id), str(job.delivery_id), job.lead.fields, pii)
+        headers = {"content-type": "application/json", DELIVERY_ID_HEADER: str(job.delivery_id),
+                   "Idempotency-Key": str(job.delivery_id)}  # fmt: skip
+        started_at = utcnow()
+        t0 = time.perf_counter()
+        status: int | None = None
+        answer = b""
+        try:
+            async with self.client.stream(
+                "POST", str(buyer.endpoint_url), content=body, headers=headers,
+                timeout=buyer.timeout_ms / 1000,
+            ) as response:  # fmt: skip
+                status = response.status_code
+                answer, truncated = await _read_capped(response, self.settings.log_limit_bytes)
+            verdict = (
+                domain.Verdict(R.ERROR, "response_too_large", False)
+                if truncated
+                else domain.read_answer(status, answer, buyer.acceptance)
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            verdict = domain.Verdict(R.ERROR, f"connect_failed: {type(exc).__name__}", True)
+        except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            # The request may have reached the buyer: the outcome is unknown.
+            verdict = domain.Verdict(R.OUTCOME_UNKNOWN, type(exc).__name__, True)
+        except httpx.HTTPError as exc:
+            verdict = domain.Verdict(R.ERROR, f"transport: {type(exc).__name__}", True)
+        latency_ms = (time.perf_counter() - t0) * 1000
+        request_doc = json.dumps({"method": "POST", "url": str(buyer.endpoint_url),
+                                  "headers": headers, "body": body.decode()}).encode()  # fmt: skip
+        response_doc = json.dumps({"status": status,
+                                   "body": answer.decode(errors="replace")}).encode()  # fmt: skip
+        await self._conclude(job, job.try_number, verdict, started_at, latency_ms, status,
+                             data_key, request_doc, response_doc)  # fmt: skip
+
+    async def _record_interrupted(self, job: store.Job) -> None:
+        """The previous try was cut off after it may have reached the buyer."""
+        verdict = domain.Verdict(R.OUTCOME_UNKNOWN, "interrupted_after_send", True)
+        async with self.db.begin() as conn:
+            await store.record_try(conn, job.delivery_id, store.TryRecord(
+                job.try_number - 1, utcnow(), 0.0, verdict.result, None, verdict.reason,
+                None, None, None))  # fmt: skip
+            await self.outbox.stage(conn, self._attempted(job, job.try_number - 1, verdict, None,
+                                                          0.0, final=False), job.lead_id)  # fmt: skip
+        self.relay.wake()
+
+    async def _conclude(
+        self, job: store.Job, try_number: int, verdict: domain.Verdict, started_at: dt.datetime,
+        latency_ms: float, status: int | None, data_key: bytes | None,
+        request_doc: bytes | None, response_doc: bytes | None,
+    ) -> None:  # fmt: skip
+        retry = verdict.retryable and try_number < self.settings.max_tries
+        result = verdict.result
+        reason = verdict.reason
+        if not retry and result is R.OUTCOME_UNKNOWN:
+            # Out of tries and still unknown: falls through, flagged for reconciliation.
+            result, reason = R.ERROR, f"outcome_unknown_unresolved: {reason}"
+        key_id = job.lead.pii.key_id if job.lead.pii else None
+        record = store.TryRecord(
+            try_number, started_at, latency_ms, verdict.result, status, verdict.reason, key_id,
+            _seal(data_key, key_id, request_doc), _seal(data_key, key_id, response_doc),
+        )  # fmt: skip
+        staged: list[tuple[Event, uuid.UUID]] = []
+        async with self.db.begin() as conn:
+            await store.record_try(conn, job.delivery_id, record)
+            attempted = self._attempted(job, try_number, domain.Verdict(result, reason, retry),
+                                        status, latency_ms, final=not retry)  # fmt: skip
+            staged.append((attempted, job.lead_id))
+            if retry:
+                await store.reschedule(
+                    conn, job.delivery_id, domain.backoff_s(try_number, self.settings.retry_base_s)
+                )
+            else:
+                await store.finish(conn, job.delivery_id, result)
+                if result is R.ACCEPTED and await store.decide_outcome(conn, job.lead_id, "sold"):
+                    staged.extend(self._sold(job, attempted))
+            await self.outbox.stage_many(conn, staged)  # type: ignore[arg-type]
+        self.relay.wake()
+        log.info("delivery_try", lead_id=str(job.lead_id), buyer_id=str(job.buyer_id),
+                 result=result.value, reason=reason, try_number=try_number,
+                 latency_ms=round(latency_ms, 1))  # fmt: skip
+
+    def _attempted(
+        self, job: store.Job, try_number: int, verdict: domain.Verdict, status: int | None,
+        latency_ms: float, *, final: bool,
+    ) -> ev.DeliveryAttempted:  # fmt: skip
+        return ev.DeliveryAttempted.new(
+            event_id=derived_id("delivery.attempted", job.delivery_id, try_number),
+            account_id=job.account_id, correlation_id=job.lead_id, producer="delivery",
+            payload=ev.DeliveryAttemptedPayload(
+                lead_id=job.lead_id, campaign_id=job.campaign_id, source_id=job.source_id,
+                buyer_id=job.buyer_id, delivery_id=job.delivery_id, attempt=job.attempt,
+                try_number=try_number, final=final, result=verdict.result,
+                http_status=status, latency_ms=latency_ms, reason=verdict.reason,
+                price=job.price if verdict.result is R.ACCEPTED else None,
+            ),
+        )  # fmt: skip
+
+    def _sold(self, job: store.Job, cause: Event) -> list[tuple[Event, uuid.UUID]]:
+        sold = ev.LeadSold.new(
+            event_id=derived_id("lead.sold", job.lead_id), account_id=job.account_id,
+            correlation_id=job.lead_id, causation_id=cause.event_id, producer="delivery",
+            payload=ev.LeadSoldPayload(
+                lead_id=job.lead_id, campaign_id=job.campaign_id, source_id=job.source_id,
+                buyer_id=job.buyer_id, delivery_id=job.delivery_id, price=job.price,
+            ),
+        )  # fmt: skip
+        usage = ev.UsageIncremented.new(
+            event_id=derived_id("usage", ev.UsageMetric.LEADS_SOLD, job.lead_id),
+            account_id=job.account_id, correlation_id=job.lead_id, causation_id=sold.event_id,
+            producer="delivery",
+            payload=ev.UsageIncrementedPayload(metric=ev.UsageMetric.LEADS_SOLD,
+                                               subject_id=job.lead_id),
+        )  # fmt: skip
+        return [(sold, job.lead_id), (usage, job.account_id)]
+
+
+def _seal(key: bytes | None, key_id: uuid.UUID | None, doc: bytes | None) -> bytes | None:
+    """Logs of leads with PII are sealed under the lead's key (shredded with it)."""
+    if doc is None:
+        return None
+    if key is None or key_id is None:
+        return doc  # a lead without PII fields: nothing to protect beyond the database
+    return seal_bytes(key, key_id, doc)
+
+
+async def _read_capped(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > limit:
+            return bytes(body[:limit]), True
+    return bytes(body), False
