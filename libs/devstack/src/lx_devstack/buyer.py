@@ -1,0 +1,82 @@
+"""A fake buyer: a real HTTP server on loopback that records every post it gets.
+
+Each buyer is a path, ``/buyers/<name>/<mode>``; the mode says how it answers:
+``accept``, ``reject``, ``error`` (503), ``flaky`` (503 on a delivery id's first
+try, then accept), ``slow`` (waits ``?ms=`` then accepts), ``hang`` (never answers
+within any sane timeout). ``GET /received`` lists what arrived, for tests and demos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from collections import Counter
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+DELIVERY_ID_HEADER = "x-leadexchange-delivery-id"
+
+
+def create_buyer_app() -> Starlette:
+    received: list[dict[str, Any]] = []
+    tries: Counter[str] = Counter()
+
+    async def post(request: Request) -> JSONResponse:
+        name, mode = request.path_params["name"], request.path_params["mode"]
+        body = await request.body()
+        try:
+            lead = json.loads(body)
+        except ValueError:
+            return JSONResponse({"status": "rejected", "reason": "not json"}, status_code=400)
+        delivery_id = request.headers.get(DELIVERY_ID_HEADER, "")
+        tries[delivery_id] += 1
+        received.append({"buyer": name, "mode": mode, "delivery_id": delivery_id,
+                         "lead_id": lead.get("lead_id"), "at": time.time(), "lead": lead})  # fmt: skip
+        if mode == "reject":
+            return JSONResponse({"status": "rejected", "reason": "not buying this one"})
+        if mode == "error":
+            return JSONResponse({"status": "error"}, status_code=503)
+        if mode == "flaky" and tries[delivery_id] == 1:
+            return JSONResponse({"status": "error"}, status_code=503)
+        if mode == "slow":
+            await asyncio.sleep(int(request.query_params.get("ms", "200")) / 1000)
+        if mode == "hang":
+            await asyncio.sleep(3600)
+        return JSONResponse({"status": "accepted", "buyer_lead_id": f"{name}-{len(received)}"})
+
+    async def list_received(request: Request) -> JSONResponse:
+        buyer = request.query_params.get("buyer")
+        rows = [r for r in received if buyer in (None, r["buyer"])]
+        if request.query_params.get("full") != "1":
+            rows = [{k: v for k, v in r.items() if k != "lead"} for r in rows]
+        return JSONResponse(rows)
+
+    async def reset(_: Request) -> JSONResponse:
+        received.clear()
+        tries.clear()
+        return JSONResponse({"status": "ok"})
+
+    return Starlette(routes=[
+        Route("/buyers/{name}/{mode}", post, methods=["POST"]),
+        Route("/received", list_received, methods=["GET"]),
+        Route("/received", reset, methods=["DELETE"]),
+        Route("/health", lambda _: JSONResponse({"status": "ok"}), methods=["GET"]),
+    ])  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="LeadExchange fake buyer (loopback only)")
+    parser.add_argument("--port", type=int, default=8090)
+    args = parser.parse_args(argv)
+    uvicorn.run(create_buyer_app(), host="127.0.0.1", port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Published event versions are frozen: each has a JSON sample that must still decode
+to the same thing and encode back byte for byte (as JSON)."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lx_schemas import ALL_TOPICS, registered_events, topic_for
+from lx_schemas.envelope import (
+    Event, UnknownEventError, _REGISTRY, _UPCASTERS, decode_event, register_upcaster,
+)  # fmt: skip
+
+SAMPLES = Path(__file__).parent.parent / "samples"
+
+
+def test_every_registered_event_version_has_a_frozen_sample() -> None:
+    names = {f"{cls.TYPE}.v{cls.VERSION}.json" for cls in registered_events()}
+    assert names == {p.name for p in SAMPLES.glob("*.json")}
+
+
+@pytest.mark.parametrize("sample", sorted(SAMPLES.glob("*.json")), ids=lambda p: p.stem)
+def test_a_frozen_sample_decodes_and_encodes_back_unchanged(sample: Path) -> None:
+    raw = json.loads(sample.read_text())
+    event = decode_event(sample.read_bytes())
+    assert event.type == raw["type"] and event.schema_version == raw["schema_version"]
+    assert json.loads(event.to_json()) == raw
+
+
+def test_every_event_belongs_to_exactly_one_topic() -> None:
+    for cls in registered_events():
+        assert sum(cls in t.events for t in ALL_TOPICS) == 1
+        assert topic_for(cls).name
+
+
+def test_poison_input_is_refused_with_a_clear_error() -> None:
+    with pytest.raises(UnknownEventError):
+        decode_event(b'{"type": "NoSuchEvent", "schema_version": 1}')
+    with pytest.raises(UnknownEventError):
+        decode_event(b"[1, 2]")
+    with pytest.raises(ValueError):
+        decode_event(b"not json")
+
+
+def test_an_old_version_is_upcast_on_read() -> None:
+    from typing import ClassVar, Literal
+
+    from lx_schemas.events import AccountState
+
+    class AccountRenamedV1(Event):
+        TYPE: ClassVar[str] = "TestAccountRenamed"
+        VERSION: ClassVar[int] = 1
+        type: Literal["TestAccountRenamed"]
+        schema_version: Literal[1]
+        payload: dict[str, Any]
+
+    class AccountRenamedV2(Event):
+        TYPE: ClassVar[str] = "TestAccountRenamed"
+        VERSION: ClassVar[int] = 2
+        type: Literal["TestAccountRenamed"]
+        schema_version: Literal[2]
+        payload: AccountState
+
+    @register_upcaster("TestAccountRenamed", 1)
+    def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+        old = data["payload"]
+        return {**data, "schema_version": 2,
+                "payload": {"account_id": old["id"], "name": old["title"]}}  # fmt: skip
+
+    try:
+        old = AccountRenamedV1.new(account_id="00000000-0000-0000-0000-000000000001",
+                                   correlation_id="00000000-0000-0000-0000-000000000001",
+                                   producer="t", payload={"id": "00000000-0000-0000-0000-000000000001",
+                                                          "title": "Acme"})  # fmt: skip
+        new = decode_event(old.to_json())
+        assert isinstance(new, AccountRenamedV2) and new.payload.name == "Acme"
+        assert new.event_id == old.event_id
+    finally:
+        for version in (1, 2):
+            _REGISTRY.pop(("TestAccountRenamed", version), None)
+        _UPCASTERS.pop(("TestAccountRenamed", 1), None)

@@ -1,0 +1,26 @@
+import pytest
+
+from lx_ingest.settings import IngestSettings
+from lx_platform.settings import PlatformSettings
+
+
+def test_plain_postgres_dsns_get_the_psycopg_driver(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LX_INGEST_DATABASE_URL", "postgresql://u:p@db:5432/lx_ingest")
+    assert IngestSettings().database_url == "postgresql+psycopg://u:p@db:5432/lx_ingest"
+
+
+def test_a_non_postgres_dsn_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LX_INGEST_DATABASE_URL", "sqlite:///x.db")
+    with pytest.raises(ValueError, match="PostgreSQL"):
+        IngestSettings()
+
+
+def test_production_refuses_placeholder_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LX_PLATFORM_ENVIRONMENT", "production")
+    with pytest.raises(ValueError, match="INTERNAL_TOKEN"):
+        PlatformSettings()
+    monkeypatch.setenv("LX_PLATFORM_INTERNAL_TOKEN", "a-real-long-secret-1")
+    monkeypatch.setenv("LX_PLATFORM_OPERATOR_TOKEN", "a-real-long-secret-2")
+    PlatformSettings()
+    with pytest.raises(ValueError, match="development key"):
+        IngestSettings().keks()
