@@ -23,7 +23,7 @@ import psycopg
 import sqlalchemy.exc
 from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaError
-from faststream import AckPolicy, Context
+from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 from pydantic import ValidationError
 from sqlalchemy import text
@@ -116,7 +116,7 @@ class IdempotentConsumer:
             ack_policy=AckPolicy.MANUAL,
             title=f"{self.group_id}:{','.join(self.topics)}",
         )
-        async def consume(body: Any, message: KafkaMessage = Context("message")) -> None:
+        async def consume(body: Any, message: KafkaMessage) -> None:
             raw = message.raw_message
             records: tuple[ConsumerRecord[Any, Any], ...] = raw if isinstance(raw, tuple) else (raw,)
             await self.process(records)
