@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -11,6 +12,7 @@ import time
 
 from lx_devstack import stack as st
 from lx_devstack.infra import local_kafka, local_postgres, start_infra
+from lx_devstack.paths import pid_alive, read_pidfile
 
 
 def _print(text: str = "") -> None:
@@ -24,6 +26,8 @@ def run() -> int:
     infra = start_infra()
     _print(f"  kafka {infra.kafka_bootstrap}, postgres ready ({time.monotonic() - t0:.1f}s)")
     stack = st.Stack(infra)
+    pidfile = stack.layout.run_folder / "stack.pid"
+    pidfile.write_text(str(os.getpid()))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
@@ -59,12 +63,19 @@ def run() -> int:
         _print("\nStopping…")
         stack.stop_all()
         infra.stop()
+        pidfile.unlink(missing_ok=True)
         _print("Stopped.")
     return 0
 
 
 def stop_all() -> int:
     layout = st.StackLayout()
+    runner = read_pidfile(layout.run_folder / "stack.pid")
+    if runner is not None and pid_alive(runner):
+        os.kill(runner, signal.SIGTERM)  # `make run` stops its own children in order
+        deadline = time.monotonic() + 60
+        while pid_alive(runner) and time.monotonic() < deadline:
+            time.sleep(0.2)
     for name in (*st.SERVICES, "buyer"):
         st.ManagedProcess(name, [], {}, layout).stop()
     local_kafka().stop()

@@ -91,7 +91,8 @@ class IdempotentConsumer:
         topic_prefix: str = "",
         after_commit: Callable[[], None] | None = None,
     ) -> None:
-        self.group_id = group_id
+        # The prefix namespaces consumer groups as it does topics (tests, environments).
+        self.group_id = f"{topic_prefix}{group_id}"
         self.after_commit = after_commit
         self.topics = [t.qualified(topic_prefix) for t in topics]
         self.handler = handler
@@ -136,7 +137,7 @@ class IdempotentConsumer:
 
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(is_transient),
-            wait=wait_exponential_jitter(initial=0.2, max=10.0),
+            wait=wait_exponential_jitter(multiplier=0.2, max=10.0),
             before_sleep=lambda rs: log.warning(
                 "consumer_retrying", group=self.group_id, error=repr(rs.outcome.exception())
             ),
@@ -156,11 +157,12 @@ class IdempotentConsumer:
     ) -> None:
         try:
             async with self.db.begin() as conn:
-                for record, exc in poison:
-                    await self._dead_letter(conn, record, exc)
+                dead = [(r, e) for r, e in poison if await self._dead_letter(conn, r, e)]
                 fresh = await self._claim(conn, decoded)
                 if fresh:
                     await self.handler(conn, fresh)
+            for record, exc in dead:
+                self._log_dead_letter(record, exc)
             return
         except Exception as exc:
             if is_transient(exc):
@@ -169,7 +171,9 @@ class IdempotentConsumer:
         # Something in the batch is poison: apply the events one by one to find it.
         for record, exc in poison:
             async with self.db.begin() as conn:
-                await self._dead_letter(conn, record, exc)
+                dead_lettered = await self._dead_letter(conn, record, exc)
+            if dead_lettered:
+                self._log_dead_letter(record, exc)
         for item in decoded:
             try:
                 async with self.db.begin() as conn:
@@ -241,9 +245,10 @@ class IdempotentConsumer:
 
     async def _dead_letter(
         self, conn: AsyncConnection, record: ConsumerRecord[Any, Any], exc: BaseException
-    ) -> None:
+    ) -> bool:
+        """Stage an undecodable record for ``<topic>.dlq``; False if it was before."""
         if not await self._claim_record(conn, record):
-            return
+            return False
         await self.outbox.stage_raw(
             conn,
             topic=dead_letter_topic(record.topic),
@@ -251,6 +256,9 @@ class IdempotentConsumer:
             headers=self._origin_headers(record.topic, record.partition, record.offset, exc),
             value=record.value or b"",
         )
+        return True
+
+    def _log_dead_letter(self, record: ConsumerRecord[Any, Any], exc: BaseException) -> None:
         self.dead_lettered += 1
         log.error(
             "record_dead_lettered", group=self.group_id, topic=record.topic,

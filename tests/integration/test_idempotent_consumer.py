@@ -1,0 +1,123 @@
+"""The shared consumer against real Kafka and PostgreSQL: effects happen exactly once,
+poison goes to the dead-letter topic with its origin, transient failures are retried."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+
+import psycopg
+from pydantic_settings import SettingsConfigDict
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from lx_devstack.infra import Infra
+from lx_platform.consumer import Consumed
+from lx_platform.runtime import build_runtime, start_runtime, stop_runtime
+from lx_platform.settings import ServiceSettings
+from lx_schemas import events as ev
+from lx_schemas.topics import USAGE_INCREMENTED
+from tests.support.kafka import publish, publish_raw, read_records
+from tests.support.services import settings_for
+
+ACCOUNT = uuid.uuid4()
+POISON, FLAKY = uuid.UUID(int=666), uuid.UUID(int=777)
+
+
+class ProbeSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="LX_PROBE_", extra="ignore")
+    http_port: int = 0
+
+
+def usage(subject: uuid.UUID) -> ev.UsageIncremented:
+    return ev.UsageIncremented.new(
+        account_id=ACCOUNT, correlation_id=subject, producer="test",
+        payload=ev.UsageIncrementedPayload(metric=ev.UsageMetric.LEADS_RECEIVED, subject_id=subject),
+    )  # fmt: skip
+
+
+class Probe:
+    """A handler with an effect per event, one poison event and one flaky one."""
+
+    def __init__(self) -> None:
+        self.flaky_failures = 0
+
+    async def __call__(self, conn: AsyncConnection, batch: Sequence[Consumed]) -> None:
+        for item in batch:
+            assert isinstance(item.event, ev.UsageIncremented)
+            subject = item.event.payload.subject_id
+            if subject == POISON:
+                raise ValueError("this event breaks the handler")
+            if subject == FLAKY and self.flaky_failures == 0:
+                self.flaky_failures += 1
+                raise psycopg.OperationalError("database went away for a moment")
+            await conn.execute(
+                text("insert into effects (event_id) values (:e)"), {"e": item.event.event_id}
+            )
+
+
+async def _effects(rt_db: object) -> list[uuid.UUID]:
+    async with rt_db.begin() as conn:  # type: ignore[attr-defined]
+        return list(await conn.scalars(text("select event_id from effects order by event_id")))
+
+
+async def _wait(predicate: object, timeout: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():  # type: ignore[operator]
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError("condition not reached")
+        await asyncio.sleep(0.2)
+
+
+async def test_each_effect_happens_once_and_poison_is_dead_lettered(
+    infra: Infra, isolation: str
+) -> None:
+    settings = settings_for(ProbeSettings, infra, isolation, "probe")
+    topic = USAGE_INCREMENTED.qualified(settings.kafka.topic_prefix)
+    probe = Probe()
+
+    def runtime() -> object:
+        rt = build_runtime("probe", settings, migrations=[])
+        rt.consume(group_id="probe", topics=[USAGE_INCREMENTED], handler=probe)
+        return rt
+
+    rt = runtime()
+    await start_runtime(rt)  # type: ignore[arg-type]
+    async with rt.db.begin() as conn:  # type: ignore[attr-defined]
+        await conn.exec_driver_sql("create table if not exists effects (event_id uuid not null)")
+    good = [usage(uuid.uuid4()) for _ in range(3)]
+    poison, flaky = usage(POISON), usage(FLAKY)
+    await publish(infra.kafka_bootstrap, settings.kafka.topic_prefix,
+                  [(good[0], ACCOUNT), (good[1], ACCOUNT), (good[0], ACCOUNT)])  # fmt: skip
+    await publish_raw(infra.kafka_bootstrap, topic, b"\x00 not an event", key=b"junk")
+    await publish(infra.kafka_bootstrap, settings.kafka.topic_prefix,
+                  [(poison, ACCOUNT), (flaky, ACCOUNT), (good[2], ACCOUNT)])  # fmt: skip
+
+    expected = sorted([good[0].event_id, good[1].event_id, good[2].event_id, flaky.event_id])
+
+    async def all_applied() -> bool:
+        return await _effects(rt.db) == expected  # type: ignore[attr-defined]
+
+    await _wait(all_applied)
+    dead = await read_records(infra.kafka_bootstrap, f"{topic}.dlq", until=lambda r: len(r) >= 2)
+    assert len(dead) == 2
+    headers = [{k: v.decode() for k, v in r.headers} for r in dead]
+    assert {h["lx-dlq-origin-topic"] for h in headers} == {topic}
+    assert all(h["lx-dlq-consumer-group"] == f"{isolation}.probe" for h in headers)
+    assert any("breaks the handler" in h["lx-dlq-error"] for h in headers)
+    assert {r.value for r in dead} == {b"\x00 not an event", poison.to_json()}
+    assert probe.flaky_failures == 1  # failed once, retried, applied once
+
+    # A restart re-reads nothing it committed, and a re-published event changes nothing.
+    await stop_runtime(rt)  # type: ignore[arg-type]
+    rt = runtime()
+    await start_runtime(rt)  # type: ignore[arg-type]
+    marker = usage(uuid.uuid4())
+    await publish(infra.kafka_bootstrap, settings.kafka.topic_prefix,
+                  [(good[1], ACCOUNT), (marker, ACCOUNT)])  # fmt: skip
+    expected = sorted([*expected, marker.event_id])
+    await _wait(all_applied)
+    await asyncio.sleep(1.0)
+    assert await _effects(rt.db) == expected  # type: ignore[attr-defined]
+    await stop_runtime(rt)  # type: ignore[arg-type]

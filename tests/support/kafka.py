@@ -1,0 +1,84 @@
+"""Reading and writing the platform's topics from tests (real Kafka)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from lx_platform.kafka import encode_key
+from lx_schemas import Event, decode_event, topic_for
+
+
+async def publish(
+    bootstrap: str, prefix: str, events: Iterable[tuple[Event, uuid.UUID | str]]
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        for event, key in events:
+            await producer.send_and_wait(
+                topic_for(type(event)).qualified(prefix), event.to_json(), key=encode_key(key),
+                headers=[(k, v.encode()) for k, v in event.headers().items()],
+            )  # fmt: skip
+    finally:
+        await producer.stop()
+
+
+async def publish_raw(bootstrap: str, topic: str, value: bytes, key: bytes | None = None) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await producer.stop()
+
+
+async def read_records(
+    bootstrap: str, topic: str, *, until: Callable[[list[ConsumerRecord[Any, Any]]], bool],
+    timeout: float = 20.0,
+) -> list[ConsumerRecord[Any, Any]]:  # fmt: skip
+    """Every record of ``topic`` from the beginning, until ``until(records)`` or timeout."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    partitions = [p["partition"] for p in described["partitions"]]
+    assert partitions, f"topic {topic} has no partitions"
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    records: list[ConsumerRecord[Any, Any]] = []
+    try:
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        deadline = time.monotonic() + timeout
+        while not until(records) and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for part in batch.values():
+                records.extend(part)
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def read_events(
+    bootstrap: str, topic: str, *, until: Callable[[list[Event]], bool], timeout: float = 20.0
+) -> list[Event]:
+    """Decoded events of ``topic`` from the beginning, until ``until(events)`` or timeout."""
+
+    def done(records: list[ConsumerRecord[Any, Any]]) -> bool:
+        return until([decode_event(r.value) for r in records])
+
+    return [decode_event(r.value) for r in await read_records(bootstrap, topic, until=done,
+                                                                timeout=timeout)]  # fmt: skip
+
+
+def of_type(events: Iterable[Event], cls: type[Event]) -> list[Any]:
+    return [e for e in events if isinstance(e, cls)]
