@@ -1,0 +1,82 @@
+"""End-to-end fixtures: every service as its own process, a fake buyer on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from lx_devstack.infra import Infra
+from lx_devstack.postgres import libpq_dsn
+from lx_devstack.stack import SERVICES, Stack, StackLayout
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(pytest.mark.e2e)
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port_block(size: int) -> int:
+    """A base port with ``size`` free ports after it (services need consecutive ports)."""
+    for _ in range(200):
+        base = random.randrange(20_000, 40_000)
+        if all(_free(base + i) for i in range(size)):
+            return base
+    raise RuntimeError("no block of free ports found")
+
+
+def test_layout(tag: str, **overrides: object) -> StackLayout:
+    base = free_port_block(len(SERVICES) + 1)
+    layout = StackLayout(base_port=base, buyer_port=base + len(SERVICES), db_prefix=f"{tag}_",
+                         topic_prefix=f"{tag}.")  # fmt: skip
+    layout.run_folder = layout.run_folder / tag
+    layout.log_folder = layout.log_folder / tag
+    for key, value in overrides.items():
+        setattr(layout, key, value)
+    return layout
+
+
+def drop_test_state(infra: Infra, tag: str) -> None:
+    """Databases and topics of one test module: a test run leaves nothing behind."""
+    with psycopg.connect(libpq_dsn(infra.pg_admin_dsn), autocommit=True) as conn:
+        names = [r[0] for r in conn.execute(
+            "select datname from pg_database where datname like %s", (f"{tag}%",))]  # fmt: skip
+    for name in names:
+        infra.drop_database(name)
+
+    async def drop_topics() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap)
+        await admin.start()
+        try:
+            topics = [t for t in await admin.list_topics() if t.startswith(f"{tag}.")]
+            if topics:
+                await admin.delete_topics(topics)
+        finally:
+            await admin.close()
+
+    asyncio.run(drop_topics())
+
+
+@pytest.fixture(scope="module")
+def stack(infra: Infra, isolation: str) -> Iterator[Stack]:
+    running = Stack(infra, test_layout(isolation))
+    try:
+        running.start_all()
+        yield running
+    finally:
+        running.stop_all()
+        drop_test_state(infra, isolation)
