@@ -72,10 +72,12 @@ def create_buyer_app() -> Starlette:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="LeadExchange fake buyer (loopback only)")
+    parser = argparse.ArgumentParser(description="LeadExchange fake buyer (loopback by default)")
+    # A container must listen on all its interfaces to be reachable from the others.
+    parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090)
     args = parser.parse_args(argv)
-    uvicorn.run(create_buyer_app(), host="127.0.0.1", port=args.port, log_level="warning")
+    uvicorn.run(create_buyer_app(), host=args.host, port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -61,12 +61,22 @@ async def ensure_topics(
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in wanted if t.name not in existing]
-        if missing:
-            try:
-                await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass  # another service created them first
-            log.info("topics_created", topics=[t.name for t in missing])
+        if not missing:
+            return []
+        try:
+            response = await admin.create_topics(missing)
+        except TopicAlreadyExistsError:
+            return []  # another service created them first
+        # The broker answers per topic; a refusal there raises nothing by itself.
+        failed = [
+            (topic, code, message)
+            for topic, code, *rest in response.topic_errors
+            for message in [rest[0] if rest else ""]
+            if code not in (0, TopicAlreadyExistsError.errno)
+        ]
+        if failed:
+            raise RuntimeError(f"Kafka refused to create topics: {failed}")
+        log.info("topics_created", topics=[t.name for t in missing])
         return [t.name for t in missing]
     finally:
         await admin.close()
