@@ -13,8 +13,8 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-
 from lx_devstack.infra import Infra, start_infra
+
 from tests.support.docker import docker_infra
 
 

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
-
 from lx_devstack.infra import Infra
 from lx_devstack.postgres import libpq_dsn
 from lx_devstack.stack import SERVICES, Stack, StackLayout
@@ -41,8 +40,9 @@ def free_port_block(size: int) -> int:
 
 def test_layout(tag: str, **overrides: object) -> StackLayout:
     base = free_port_block(len(SERVICES) + 1)
-    layout = StackLayout(base_port=base, buyer_port=base + len(SERVICES), db_prefix=f"{tag}_",
-                         topic_prefix=f"{tag}.")  # fmt: skip
+    layout = StackLayout(
+        base_port=base, buyer_port=base + len(SERVICES), db_prefix=f"{tag}_", topic_prefix=f"{tag}."
+    )
     layout.run_folder = layout.run_folder / tag
     layout.log_folder = layout.log_folder / tag
     for key, value in overrides.items():
@@ -53,8 +53,12 @@ def test_layout(tag: str, **overrides: object) -> StackLayout:
 def drop_test_state(infra: Infra, tag: str) -> None:
     """Databases and topics of one test module: a test run leaves nothing behind."""
     with psycopg.connect(libpq_dsn(infra.pg_admin_dsn), autocommit=True) as conn:
-        names = [r[0] for r in conn.execute(
-            "select datname from pg_database where datname like %s", (f"{tag}%",))]  # fmt: skip
+        names = [
+            r[0]
+            for r in conn.execute(
+                "select datname from pg_database where datname like %s", (f"{tag}%",)
+            )
+        ]
     for name in names:
         infra.drop_database(name)
 

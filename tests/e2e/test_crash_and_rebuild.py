@@ -13,10 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
-
 from lx_devstack.stack import Seeded, Stack, seed
 from lx_schemas import events as ev
 from lx_schemas.topics import DELIVERY_OUTCOME
+
 from tests.e2e.support import a_lead, buyer_inbox, operator_get, post_lead, wait_for
 from tests.support.kafka import read_events
 
@@ -29,10 +29,15 @@ PRICE = Decimal("35.00")
 @pytest.fixture(scope="module")
 def demo(stack: Stack) -> Seeded:
     buyer = stack.layout.buyer_url
-    return seed(stack.layout.url("admin"), stack.layout.operator_token,
-                [("Picky Lender", f"{buyer}/buyers/picky/reject", "40.00", 1),
-                 ("Good Lender", f"{buyer}/buyers/good/accept", str(PRICE), 2)],
-                wait_ingest_url=stack.layout.url("ingest"))  # fmt: skip
+    return seed(
+        stack.layout.url("admin"),
+        stack.layout.operator_token,
+        [
+            ("Picky Lender", f"{buyer}/buyers/picky/reject", "40.00", 1),
+            ("Good Lender", f"{buyer}/buyers/good/accept", str(PRICE), 2),
+        ],
+        wait_ingest_url=stack.layout.url("ingest"),
+    )
 
 
 class LeadStream:
@@ -73,7 +78,9 @@ def final_outcomes(stack: Stack, expected_leads: set[str]) -> list[ev.Event]:
     topic = DELIVERY_OUTCOME.qualified(stack.layout.topic_prefix)
 
     def covered(events: list[ev.Event]) -> bool:
-        finals = {str(e.correlation_id) for e in events if isinstance(e, ev.LeadSold | ev.LeadUnsold)}
+        finals = {
+            str(e.correlation_id) for e in events if isinstance(e, ev.LeadSold | ev.LeadUnsold)
+        }
         return expected_leads <= finals
 
     return asyncio.run(read_events(stack.infra.kafka_bootstrap, topic, until=covered, timeout=180))
@@ -95,8 +102,10 @@ def crashed(stack: Stack, demo: Seeded) -> dict[str, Any]:
     accepted = set(stream.accepted)
     assert len(accepted) >= 200, f"too few leads accepted to prove anything: {len(accepted)}"
     outcomes = final_outcomes(stack, accepted)
-    print(f"\ncrash test: {len(accepted)} leads accepted, refused while down: "
-          f"{dict(stream.refused)}, kills: {kills}")  # fmt: skip
+    print(
+        f"\ncrash test: {len(accepted)} leads accepted, refused while down: "
+        f"{dict(stream.refused)}, kills: {kills}"
+    )
     return {"accepted": accepted, "outcomes": outcomes}
 
 
@@ -111,9 +120,17 @@ def test_every_accepted_lead_reaches_exactly_one_final_outcome(crashed: dict[str
     several = {lead: f for lead, f in finals.items() if len(f) != 1}
     assert not several, f"leads with more than one final outcome: {several}"
     unsold = {lead for lead, f in finals.items() if any(t != "LeadSold" for t, _ in f)}
-    attempts = [(str(e.correlation_id)[:8], e.payload.attempt, e.payload.try_number,
-                 e.payload.result.value, e.payload.reason) for e in crashed["outcomes"]
-                if isinstance(e, ev.DeliveryAttempted) and str(e.correlation_id) in unsold]  # fmt: skip
+    attempts = [
+        (
+            str(e.correlation_id)[:8],
+            e.payload.attempt,
+            e.payload.try_number,
+            e.payload.result.value,
+            e.payload.reason,
+        )
+        for e in crashed["outcomes"]
+        if isinstance(e, ev.DeliveryAttempted) and str(e.correlation_id) in unsold
+    ]
     assert not unsold, f"{len(unsold)} leads unsold though the good buyer buys all: {attempts[:12]}"
 
 
@@ -134,13 +151,18 @@ def test_no_buyer_gets_a_lead_twice(stack: Stack, crashed: dict[str, Any]) -> No
 def test_billing_total_equals_the_sum_of_sold_prices(
     stack: Stack, demo: Seeded, crashed: dict[str, Any]
 ) -> None:
-    sold = {str(e.correlation_id): e.payload.price for e in crashed["outcomes"]
-            if isinstance(e, ev.LeadSold)}  # fmt: skip
+    sold = {
+        str(e.correlation_id): e.payload.price
+        for e in crashed["outcomes"]
+        if isinstance(e, ev.LeadSold)
+    }
     expected = sum(sold.values(), Decimal("0.00"))
     month = dt.datetime.now(dt.UTC).strftime("%Y-%m")
 
     def caught_up() -> dict[str, Any] | None:
-        s = operator_get(stack, "billing", f"/v1/accounts/{demo.account_id}/statement?month={month}")
+        s = operator_get(
+            stack, "billing", f"/v1/accounts/{demo.account_id}/statement?month={month}"
+        )
         return s if s["sold_leads"] >= len(sold) else None
 
     statement = wait_for(caught_up, timeout=120, what="billing caught up")
@@ -151,17 +173,22 @@ def test_billing_total_equals_the_sum_of_sold_prices(
 def _snapshot(stack: Stack, demo: Seeded) -> dict[str, Any]:
     month = dt.datetime.now(dt.UTC).strftime("%Y-%m")
     return {
-        "statement": operator_get(stack, "billing",
-                                  f"/v1/accounts/{demo.account_id}/statement?month={month}"),
+        "statement": operator_get(
+            stack, "billing", f"/v1/accounts/{demo.account_id}/statement?month={month}"
+        ),
         "balances": operator_get(stack, "billing", f"/v1/accounts/{demo.account_id}/balances"),
-        "hourly": operator_get(stack, "analytics", f"/v1/stats/hourly?campaign_id={demo.campaign_id}"),
-    }  # fmt: skip
+        "hourly": operator_get(
+            stack, "analytics", f"/v1/stats/hourly?campaign_id={demo.campaign_id}"
+        ),
+    }
 
 
 def test_rebuilding_billing_and_analytics_from_the_log_gives_the_same_state(
     stack: Stack, demo: Seeded, crashed: dict[str, Any]
 ) -> None:
-    sold = sum(isinstance(e, ev.LeadSold) for e in {e.event_id: e for e in crashed["outcomes"]}.values())
+    sold = sum(
+        isinstance(e, ev.LeadSold) for e in {e.event_id: e for e in crashed["outcomes"]}.values()
+    )
 
     def settled() -> dict[str, Any] | None:
         snap = _snapshot(stack, demo)
@@ -179,6 +206,9 @@ def test_rebuilding_billing_and_analytics_from_the_log_gives_the_same_state(
         # A rebuild replays the whole log under a consumer group of its own.
         stack.processes[name].env[f"LX_{name.upper()}_CONSUMER_GROUP"] = f"{name}-rebuild"
         stack.start(name)
-    rebuilt = wait_for(lambda: (s := _snapshot(stack, demo)) == live and s, timeout=120,
-                       what="rebuilt projections equal to the live ones")  # fmt: skip
+    rebuilt = wait_for(
+        lambda: (s := _snapshot(stack, demo)) == live and s,
+        timeout=120,
+        what="rebuilt projections equal to the live ones",
+    )
     assert rebuilt == live

@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-
 from lx_devstack.postgres import libpq_dsn
 from lx_devstack.stack import Seeded, Stack, seed
+
 from tests.e2e.support import a_lead, buyer_inbox, lead_status, operator_get, post_lead, wait_for
 
 LEADS = 20
@@ -22,10 +22,15 @@ LEADS = 20
 @pytest.fixture(scope="module")
 def demo(stack: Stack) -> Seeded:
     buyer = stack.layout.buyer_url
-    return seed(stack.layout.url("admin"), stack.layout.operator_token,
-                [("Picky Lender", f"{buyer}/buyers/picky/reject", "40.00", 1),
-                 ("Good Lender", f"{buyer}/buyers/good/accept", "35.00", 2)],
-                wait_ingest_url=stack.layout.url("ingest"))  # fmt: skip
+    return seed(
+        stack.layout.url("admin"),
+        stack.layout.operator_token,
+        [
+            ("Picky Lender", f"{buyer}/buyers/picky/reject", "40.00", 1),
+            ("Good Lender", f"{buyer}/buyers/good/accept", "35.00", 2),
+        ],
+        wait_ingest_url=stack.layout.url("ingest"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +41,11 @@ def sold(stack: Stack, demo: Seeded) -> list[str]:
         r = post_lead(stack, demo.api_key, lead)
         assert r.status_code == 202, r.text
         ids.append(r.json()["lead_id"])
-    wait_for(lambda: all(lead_status(stack, demo.api_key, i) == "sold" for i in ids),
-             timeout=90, what="every lead sold")  # fmt: skip
+    wait_for(
+        lambda: all(lead_status(stack, demo.api_key, i) == "sold" for i in ids),
+        timeout=90,
+        what="every lead sold",
+    )
     return ids
 
 
@@ -47,8 +55,9 @@ def test_every_lead_falls_through_the_picky_buyer_to_the_one_that_buys(
     picky, good = buyer_inbox(stack, "picky"), buyer_inbox(stack, "good")
     assert Counter(r["lead_id"] for r in picky) == Counter(dict.fromkeys(sold, 1))
     assert Counter(r["lead_id"] for r in good) == Counter(dict.fromkeys(sold, 1))
-    full = httpx.get(f"{stack.layout.buyer_url}/received", params={"buyer": "good", "full": "1"},
-                     timeout=10).json()  # fmt: skip
+    full = httpx.get(
+        f"{stack.layout.buyer_url}/received", params={"buyer": "good", "full": "1"}, timeout=10
+    ).json()
     assert all(r["lead"]["email"].endswith("@example.com") for r in full)  # PII decrypted
     assert all(r["lead"]["phone"] == "+14155550132" for r in full)  # normalised to E.164
 
@@ -57,10 +66,16 @@ def test_the_trace_tells_a_leads_whole_story(stack: Stack, sold: list[str]) -> N
     trace = operator_get(stack, "admin", f"/v1/leads/{sold[0]}/trace")
     assert trace["status"] == "sold"
     assert [e["type"] for e in trace["events"]] == [
-        "LeadReceived", "LeadRouted", "DeliveryAttempted", "LeadRouted", "DeliveryAttempted",
-        "LeadSold"]  # fmt: skip
-    assert [e["payload"].get("result") for e in trace["events"] if e["type"] ==
-            "DeliveryAttempted"] == ["rejected", "accepted"]  # fmt: skip
+        "LeadReceived",
+        "LeadRouted",
+        "DeliveryAttempted",
+        "LeadRouted",
+        "DeliveryAttempted",
+        "LeadSold",
+    ]
+    assert [
+        e["payload"].get("result") for e in trace["events"] if e["type"] == "DeliveryAttempted"
+    ] == ["rejected", "accepted"]
     assert trace["deliveries_error"] is None
     deliveries = trace["deliveries"]
     assert [d["result"] for d in deliveries] == ["rejected", "accepted"]
@@ -76,8 +91,11 @@ def test_billing_books_every_sale_in_usd_to_the_cent(
     stack: Stack, demo: Seeded, sold: list[str]
 ) -> None:
     month = dt.datetime.now(dt.UTC).strftime("%Y-%m")
+
     def caught_up() -> dict[str, Any] | None:
-        s = operator_get(stack, "billing", f"/v1/accounts/{demo.account_id}/statement?month={month}")
+        s = operator_get(
+            stack, "billing", f"/v1/accounts/{demo.account_id}/statement?month={month}"
+        )
         return s if s["sold_leads"] == LEADS else None
 
     statement = wait_for(caught_up, what="billing caught up")
@@ -127,17 +145,25 @@ def test_bad_input_gets_the_right_4xx_and_leaves_nothing_behind(
     url = f"{stack.layout.url('ingest')}/v1/leads"
     auth = {"authorization": f"Bearer {demo.api_key}"}
     cases = [
-        (httpx.post(url, json=a_lead(1), headers={"authorization": "Bearer lxsk_wrong"}), 401,
-         "invalid_api_key"),
+        (
+            httpx.post(url, json=a_lead(1), headers={"authorization": "Bearer lxsk_wrong"}),
+            401,
+            "invalid_api_key",
+        ),
         (httpx.post(url, content=b"{not json", headers=auth), 400, "malformed_json"),
         (httpx.post(url, json=["a", "list"], headers=auth), 400, "malformed_json"),
         (httpx.post(url, content=b"x" * 70_000, headers=auth), 413, "payload_too_large"),
-        (httpx.post(url, json={**a_lead(1), "email": "nope", "zip": "1"}, headers=auth), 422,
-         "invalid_fields"),
-    ]  # fmt: skip
+        (
+            httpx.post(url, json={**a_lead(1), "email": "nope", "zip": "1"}, headers=auth),
+            422,
+            "invalid_fields",
+        ),
+    ]
     for response, status, code in cases:
         assert (response.status_code, response.json()["error"]["code"]) == (status, code)
     invalid = cases[-1][0].json()["error"]["errors"]
-    assert {(e["field"], e["code"]) for e in invalid} == {("email", "invalid_email"),
-                                                          ("zip", "invalid_zip")}  # fmt: skip
+    assert {(e["field"], e["code"]) for e in invalid} == {
+        ("email", "invalid_email"),
+        ("zip", "invalid_zip"),
+    }
     assert counts() == before

@@ -9,7 +9,6 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-
 from lx_platform.kafka import encode_key
 from lx_schemas import Event, decode_event, topic_for
 
@@ -22,9 +21,11 @@ async def publish(
     try:
         for event, key in events:
             await producer.send_and_wait(
-                topic_for(type(event)).qualified(prefix), event.to_json(), key=encode_key(key),
+                topic_for(type(event)).qualified(prefix),
+                event.to_json(),
+                key=encode_key(key),
                 headers=[(k, v.encode()) for k, v in event.headers().items()],
-            )  # fmt: skip
+            )
     finally:
         await producer.stop()
 
@@ -39,9 +40,12 @@ async def publish_raw(bootstrap: str, topic: str, value: bytes, key: bytes | Non
 
 
 async def read_records(
-    bootstrap: str, topic: str, *, until: Callable[[list[ConsumerRecord[Any, Any]]], bool],
-    timeout: float = 20.0,
-) -> list[ConsumerRecord[Any, Any]]:  # fmt: skip
+    bootstrap: str,
+    topic: str,
+    *,
+    until: Callable[[list[ConsumerRecord[Any, Any]]], bool],
+    timeout: float = 20.0,  # noqa: ASYNC109 - a polling deadline, not a cancellation scope
+) -> list[ConsumerRecord[Any, Any]]:
     """Every record of ``topic`` from the beginning, until ``until(records)`` or timeout."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -69,15 +73,17 @@ async def read_records(
 
 
 async def read_events(
-    bootstrap: str, topic: str, *, until: Callable[[list[Event]], bool], timeout: float = 20.0
+    bootstrap: str, topic: str, *, until: Callable[[list[Event]], bool], timeout: float = 20.0  # noqa: ASYNC109
 ) -> list[Event]:
     """Decoded events of ``topic`` from the beginning, until ``until(events)`` or timeout."""
 
     def done(records: list[ConsumerRecord[Any, Any]]) -> bool:
         return until([decode_event(r.value) for r in records])
 
-    return [decode_event(r.value) for r in await read_records(bootstrap, topic, until=done,
-                                                                timeout=timeout)]  # fmt: skip
+    return [
+        decode_event(r.value)
+        for r in await read_records(bootstrap, topic, until=done, timeout=timeout)
+    ]
 
 
 def of_type(events: Iterable[Event], cls: type[Event]) -> list[Any]:

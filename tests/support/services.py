@@ -9,7 +9,6 @@ from typing import Any, TypeVar
 import httpx
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
-
 from lx_devstack.infra import Infra
 from lx_platform.runtime import Runtime
 from lx_platform.settings import KafkaSettings, ServiceSettings

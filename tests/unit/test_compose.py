@@ -86,8 +86,14 @@ def test_every_lx_variable_is_a_field_of_that_services_settings(name: str) -> No
 
 def test_the_env_names_walk_sees_prefixes_nesting_and_aliases() -> None:
     names = env_names(settings_class("ingest"))
-    assert {"LX_INGEST_DATABASE_URL", "LX_INGEST_VAULT_KEKS", "LX_KAFKA_BOOTSTRAP_SERVERS",
-            "LX_PLATFORM_INGEST_URL", "LX_LOG_LEVEL", "LX_LOG_JSON"} <= names  # fmt: skip
+    assert {
+        "LX_INGEST_DATABASE_URL",
+        "LX_INGEST_VAULT_KEKS",
+        "LX_KAFKA_BOOTSTRAP_SERVERS",
+        "LX_PLATFORM_INGEST_URL",
+        "LX_LOG_LEVEL",
+        "LX_LOG_JSON",
+    } <= names
     assert "LX_LOG_JSON_OUTPUT" not in names
     assert "LX_INGEST_KAFKA" not in names
 

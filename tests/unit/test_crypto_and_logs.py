@@ -4,7 +4,6 @@ import uuid
 
 import pytest
 from cryptography.exceptions import InvalidTag
-
 from lx_platform.crypto import KeyWrapper, new_data_key, open_fields, seal_fields
 from lx_platform.logging import REDACTED, redact_pii
 
@@ -30,11 +29,17 @@ def test_data_keys_are_wrapped_under_a_named_kek_and_survive_rotation() -> None:
 
 
 def test_logs_redact_pii_keys_and_mask_emails_and_phones_anywhere() -> None:
-    event = redact_pii(None, "info", {
-        "event": "posted", "email": "ada@example.com", "lead_id": "L1",
-        "detail": "call +1 415 555 0132 or write ada@example.com",
-        "fields": {"phone": "4155550132", "state": "CA"},
-    })  # fmt: skip
+    event = redact_pii(
+        None,
+        "info",
+        {
+            "event": "posted",
+            "email": "ada@example.com",
+            "lead_id": "L1",
+            "detail": "call +1 415 555 0132 or write ada@example.com",
+            "fields": {"phone": "4155550132", "state": "CA"},
+        },
+    )
     text = json.dumps(dict(event))
     assert "ada@example.com" not in text and "555" not in text
     assert event["email"] == REDACTED and event["fields"]["state"] == "CA"

@@ -31,17 +31,39 @@ def test_usage_months_are_utc_calendar_months() -> None:
 
 def test_analytics_buckets_by_event_hour_and_counts_only_final_results() -> None:
     events = [
-        ev.LeadReceived.new(**_env(), payload=ev.LeadReceivedPayload(
-            **REF, lead=ev.LeadContent(fields={}))),
-        ev.DeliveryAttempted.new(**_env(), payload=ev.DeliveryAttemptedPayload(
-            **REF, buyer_id=BUY, delivery_id=LEAD, attempt=1, final=False,
-            result=ev.DeliveryResult.ERROR, latency_ms=5)),
-        ev.DeliveryAttempted.new(**_env(), payload=ev.DeliveryAttemptedPayload(
-            **REF, buyer_id=BUY, delivery_id=LEAD, attempt=1, result=ev.DeliveryResult.ACCEPTED,
-            latency_ms=5)),
-        ev.LeadSold.new(**_env(AT + dt.timedelta(seconds=2)), payload=ev.LeadSoldPayload(
-            **REF, buyer_id=BUY, delivery_id=LEAD, price=Decimal("35.00"))),
-    ]  # fmt: skip
+        ev.LeadReceived.new(
+            **_env(), payload=ev.LeadReceivedPayload(**REF, lead=ev.LeadContent(fields={}))
+        ),
+        ev.DeliveryAttempted.new(
+            **_env(),
+            payload=ev.DeliveryAttemptedPayload(
+                **REF,
+                buyer_id=BUY,
+                delivery_id=LEAD,
+                attempt=1,
+                final=False,
+                result=ev.DeliveryResult.ERROR,
+                latency_ms=5,
+            ),
+        ),
+        ev.DeliveryAttempted.new(
+            **_env(),
+            payload=ev.DeliveryAttemptedPayload(
+                **REF,
+                buyer_id=BUY,
+                delivery_id=LEAD,
+                attempt=1,
+                result=ev.DeliveryResult.ACCEPTED,
+                latency_ms=5,
+            ),
+        ),
+        ev.LeadSold.new(
+            **_env(AT + dt.timedelta(seconds=2)),
+            payload=ev.LeadSoldPayload(
+                **REF, buyer_id=BUY, delivery_id=LEAD, price=Decimal("35.00")
+            ),
+        ),
+    ]
     out = deltas(events)
     ten, eleven = AT.replace(minute=0, second=0), AT.replace(hour=11, minute=0, second=0)
     assert out[(ten, CAMP, SRC, NO_BUYER)]["received"] == 1

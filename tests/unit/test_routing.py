@@ -2,8 +2,14 @@ import uuid
 from decimal import Decimal
 
 from lx_router.domain import (
-    BuyerView, Exhausted, OfferNext, Wait, after_result, first_step, plan_waterfall,
-)  # fmt: skip
+    BuyerView,
+    Exhausted,
+    OfferNext,
+    Wait,
+    after_result,
+    first_step,
+    plan_waterfall,
+)
 from lx_schemas.events import DeliveryResult, ExhaustionReason, Status
 
 A, B, C, D = (uuid.UUID(int=i) for i in range(1, 5))

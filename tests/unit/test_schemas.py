@@ -6,11 +6,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from lx_schemas import ALL_TOPICS, registered_events, topic_for
 from lx_schemas.envelope import (
-    Event, UnknownEventError, _REGISTRY, _UPCASTERS, decode_event, register_upcaster,
-)  # fmt: skip
+    _REGISTRY,
+    _UPCASTERS,
+    Event,
+    UnknownEventError,
+    decode_event,
+    register_upcaster,
+)
 
 SAMPLES = Path(__file__).parent.parent / "samples"
 
@@ -65,14 +69,19 @@ def test_an_old_version_is_upcast_on_read() -> None:
     @register_upcaster("TestAccountRenamed", 1)
     def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
         old = data["payload"]
-        return {**data, "schema_version": 2,
-                "payload": {"account_id": old["id"], "name": old["title"]}}  # fmt: skip
+        return {
+            **data,
+            "schema_version": 2,
+            "payload": {"account_id": old["id"], "name": old["title"]},
+        }
 
     try:
-        old = AccountRenamedV1.new(account_id="00000000-0000-0000-0000-000000000001",
-                                   correlation_id="00000000-0000-0000-0000-000000000001",
-                                   producer="t", payload={"id": "00000000-0000-0000-0000-000000000001",
-                                                          "title": "Acme"})  # fmt: skip
+        old = AccountRenamedV1.new(
+            account_id="00000000-0000-0000-0000-000000000001",
+            correlation_id="00000000-0000-0000-0000-000000000001",
+            producer="t",
+            payload={"id": "00000000-0000-0000-0000-000000000001", "title": "Acme"},
+        )
         new = decode_event(old.to_json())
         assert isinstance(new, AccountRenamedV2) and new.payload.name == "Acme"
         assert new.event_id == old.event_id

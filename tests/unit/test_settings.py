@@ -1,5 +1,4 @@
 import pytest
-
 from lx_ingest.settings import IngestSettings
 from lx_platform.settings import PlatformSettings
 

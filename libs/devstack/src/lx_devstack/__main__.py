@@ -42,18 +42,26 @@ def run() -> int:
         _print(f"  {'buyer':<10} {layout.buyer_url}/received   (the demo buyer's inbox)")
         _print(f"\nOperator token: {layout.operator_token}")
         _print("\nPost a demo lead:\n")
-        _print(f"  curl -s -X POST {layout.url('ingest')}/v1/leads \\\n"
-               f"    -H 'Authorization: Bearer {demo.api_key}' \\\n"
-               f"    -H 'Content-Type: application/json' \\\n"
-               f"    -d '{lead}'")  # fmt: skip
+        _print(
+            f"  curl -s -X POST {layout.url('ingest')}/v1/leads \\\n"
+            f"    -H 'Authorization: Bearer {demo.api_key}' \\\n"
+            f"    -H 'Content-Type: application/json' \\\n"
+            f"    -d '{lead}'"
+        )
         _print("\nThen follow it (replace LEAD_ID):\n")
-        _print(f"  curl -s {layout.url('admin')}/v1/leads/LEAD_ID/trace "
-               f"-H 'Authorization: Bearer {layout.operator_token}'")  # fmt: skip
-        _print(f"  curl -s '{layout.url('billing')}/v1/accounts/{demo.account_id}/statement"
-               f"?month={time.strftime('%Y-%m', time.gmtime())}' "
-               f"-H 'Authorization: Bearer {layout.operator_token}'")  # fmt: skip
-        _print(f"  curl -s '{layout.url('analytics')}/v1/stats/hourly?campaign_id="
-               f"{demo.campaign_id}' -H 'Authorization: Bearer {layout.operator_token}'")  # fmt: skip
+        _print(
+            f"  curl -s {layout.url('admin')}/v1/leads/LEAD_ID/trace "
+            f"-H 'Authorization: Bearer {layout.operator_token}'"
+        )
+        _print(
+            f"  curl -s '{layout.url('billing')}/v1/accounts/{demo.account_id}/statement"
+            f"?month={time.strftime('%Y-%m', time.gmtime())}' "
+            f"-H 'Authorization: Bearer {layout.operator_token}'"
+        )
+        _print(
+            f"  curl -s '{layout.url('analytics')}/v1/stats/hourly?campaign_id="
+            f"{demo.campaign_id}' -H 'Authorization: Bearer {layout.operator_token}'"
+        )
         _print("\nLogs: .local/logs/. Ctrl-C (or `make stop`) stops everything.")
         while not stop.is_set():
             stop.wait(0.5)

@@ -37,8 +37,16 @@ def create_buyer_app() -> Starlette:
             return JSONResponse({"status": "rejected", "reason": "not json"}, status_code=400)
         delivery_id = request.headers.get(DELIVERY_ID_HEADER, "")
         tries[delivery_id] += 1
-        received.append({"buyer": name, "mode": mode, "delivery_id": delivery_id,
-                         "lead_id": lead.get("lead_id"), "at": time.time(), "lead": lead})  # fmt: skip
+        received.append(
+            {
+                "buyer": name,
+                "mode": mode,
+                "delivery_id": delivery_id,
+                "lead_id": lead.get("lead_id"),
+                "at": time.time(),
+                "lead": lead,
+            }
+        )
         if mode == "reject":
             return JSONResponse({"status": "rejected", "reason": "not buying this one"})
         if mode == "error":
@@ -63,12 +71,14 @@ def create_buyer_app() -> Starlette:
         tries.clear()
         return JSONResponse({"status": "ok"})
 
-    return Starlette(routes=[
-        Route("/buyers/{name}/{mode}", post, methods=["POST"]),
-        Route("/received", list_received, methods=["GET"]),
-        Route("/received", reset, methods=["DELETE"]),
-        Route("/health", lambda _: JSONResponse({"status": "ok"}), methods=["GET"]),
-    ])  # fmt: skip
+    return Starlette(
+        routes=[
+            Route("/buyers/{name}/{mode}", post, methods=["POST"]),
+            Route("/received", list_received, methods=["GET"]),
+            Route("/received", reset, methods=["DELETE"]),
+            Route("/health", lambda _: JSONResponse({"status": "ok"}), methods=["GET"]),
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,7 +25,7 @@ from lx_devstack.infra import Infra
 from lx_devstack.paths import logs_dir, pid_alive, read_pidfile, run_dir
 
 SERVICES = ("admin", "ingest", "router", "delivery", "billing", "analytics")
-DEV_OPERATOR_TOKEN = "dev-operator-token"
+DEV_OPERATOR_TOKEN = "dev-operator-token"  # noqa: S105 - the development default, refused in production
 
 
 @dataclass
@@ -85,9 +85,13 @@ class ManagedProcess:
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
         with self.logfile.open("ab") as log:
             self.proc = subprocess.Popen(
-                self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-            )  # fmt: skip
+                self.argv,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self.pidfile.write_text(str(self.proc.pid))
 
     def pid(self) -> int | None:
@@ -147,13 +151,17 @@ class Stack:
         self.processes: dict[str, ManagedProcess] = {}
         for service in SERVICES:
             self.processes[service] = ManagedProcess(
-                service, [sys.executable, "-m", f"lx_{service}"],
-                service_env(service, infra, self.layout), self.layout,
-            )  # fmt: skip
+                service,
+                [sys.executable, "-m", f"lx_{service}"],
+                service_env(service, infra, self.layout),
+                self.layout,
+            )
         self.processes["buyer"] = ManagedProcess(
-            "buyer", [sys.executable, "-m", "lx_devstack.buyer", "--port",
-                      str(self.layout.buyer_port)], {}, self.layout,
-        )  # fmt: skip
+            "buyer",
+            [sys.executable, "-m", "lx_devstack.buyer", "--port", str(self.layout.buyer_port)],
+            {},
+            self.layout,
+        )
 
     def health_url(self, name: str) -> str:
         if name == "buyer":
@@ -199,9 +207,16 @@ DEMO_FIELDS: list[dict[str, Any]] = [
     {"name": "loan_amount", "type": "integer"},
     {"name": "loan_purpose", "type": "enum", "options": ["purchase", "refinance"]},
 ]
-DEMO_LEAD = {"first_name": "Ada", "last_name": "Lovelace", "email": "ada@example.com",
-             "phone": "+1 415 555 0132", "state": "CA", "zip": "94105", "loan_amount": 250000,
-             "loan_purpose": "refinance"}  # fmt: skip
+DEMO_LEAD = {
+    "first_name": "Ada",
+    "last_name": "Lovelace",
+    "email": "ada@example.com",
+    "phone": "+1 415 555 0132",
+    "state": "CA",
+    "zip": "94105",
+    "loan_amount": 250000,
+    "loan_purpose": "refinance",
+}
 
 
 @dataclass(frozen=True)
@@ -214,26 +229,43 @@ class Seeded:
 
 
 def seed(
-    admin_url: str, token: str, buyers: list[tuple[str, str, str, int]], *,
-    name: str = "Demo Mortgage Co", wait_ingest_url: str | None = None,
-) -> Seeded:  # fmt: skip
+    admin_url: str,
+    token: str,
+    buyers: list[tuple[str, str, str, int]],
+    *,
+    name: str = "Demo Mortgage Co",
+    wait_ingest_url: str | None = None,
+) -> Seeded:
     """Create an account, a campaign, a source and buyers ``(name, url, price, priority)``."""
-    with httpx.Client(base_url=admin_url, headers={"authorization": f"Bearer {token}"},
-                      timeout=10) as c:  # fmt: skip
+    with httpx.Client(
+        base_url=admin_url, headers={"authorization": f"Bearer {token}"}, timeout=10
+    ) as c:
         account = c.post("/v1/accounts", json={"name": name}).raise_for_status().json()
-        campaign = c.post(
-            f"/v1/accounts/{account['account_id']}/campaigns",
-            json={"name": "Mortgage refinance", "vertical": "mortgage", "fields": DEMO_FIELDS},
-        ).raise_for_status().json()
+        campaign = (
+            c.post(
+                f"/v1/accounts/{account['account_id']}/campaigns",
+                json={"name": "Mortgage refinance", "vertical": "mortgage", "fields": DEMO_FIELDS},
+            )
+            .raise_for_status()
+            .json()
+        )
         cid = campaign["campaign_id"]
-        source = c.post(f"/v1/campaigns/{cid}/sources",
-                        json={"name": "Demo affiliate", "payout": "12.00"}).raise_for_status().json()  # fmt: skip
+        source = (
+            c.post(
+                f"/v1/campaigns/{cid}/sources", json={"name": "Demo affiliate", "payout": "12.00"}
+            )
+            .raise_for_status()
+            .json()
+        )
         buyer_ids = [
-            c.post(f"/v1/campaigns/{cid}/buyers",
-                   json={"name": n, "endpoint_url": u, "price": p, "priority": pr,
-                         "timeout_ms": 2000}).raise_for_status().json()["buyer_id"]
+            c.post(
+                f"/v1/campaigns/{cid}/buyers",
+                json={"name": n, "endpoint_url": u, "price": p, "priority": pr, "timeout_ms": 2000},
+            )
+            .raise_for_status()
+            .json()["buyer_id"]
             for n, u, p, pr in buyers
-        ]  # fmt: skip
+        ]
     seeded = Seeded(account["account_id"], cid, source["source_id"], source["api_key"], buyer_ids)
     if wait_ingest_url:
         wait_source_known(wait_ingest_url, seeded.api_key)
@@ -272,14 +304,21 @@ def load_or_seed_demo(stack: Stack) -> Seeded:
     layout = stack.layout
     if path.exists():
         data = json.loads(path.read_text())
-        known = httpx.get(f"{layout.url('admin')}/v1/accounts/{data['account_id']}",
-                          headers={"authorization": f"Bearer {layout.operator_token}"}, timeout=5)  # fmt: skip
+        known = httpx.get(
+            f"{layout.url('admin')}/v1/accounts/{data['account_id']}",
+            headers={"authorization": f"Bearer {layout.operator_token}"},
+            timeout=5,
+        )
         if known.status_code == 200:
             wait_source_known(layout.url("ingest"), data["api_key"])
             return Seeded(**data)
     buyer = f"{layout.buyer_url}/buyers/demo-buyer/accept"
-    seeded = seed(layout.url("admin"), layout.operator_token,
-                  [("Demo Lender", buyer, "35.00", 1)], wait_ingest_url=layout.url("ingest"))  # fmt: skip
+    seeded = seed(
+        layout.url("admin"),
+        layout.operator_token,
+        [("Demo Lender", buyer, "35.00", 1)],
+        wait_ingest_url=layout.url("ingest"),
+    )
     path.write_text(json.dumps(seeded.__dict__, indent=2))
     path.chmod(0o600)
     return seeded

@@ -25,17 +25,17 @@ from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
+from lx_schemas.envelope import Event, UnknownEventError, decode_event, derived_id, utcnow
+from lx_schemas.topics import TopicSpec
 from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
-from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 from lx_platform.db import Database
 from lx_platform.kafka import dead_letter_topic
 from lx_platform.logging import get_logger
 from lx_platform.outbox import Outbox, OutboxRelay
-from lx_schemas.envelope import Event, UnknownEventError, decode_event, derived_id, utcnow
-from lx_schemas.topics import TopicSpec
 
 log = get_logger(__name__)
 
@@ -103,9 +103,13 @@ class IdempotentConsumer:
         self.dead_lettered = 0
 
     def register(
-        self, broker: KafkaBroker, *, fetch_max_wait_ms: int, batch_timeout_ms: int,
+        self,
+        broker: KafkaBroker,
+        *,
+        fetch_max_wait_ms: int,
+        batch_timeout_ms: int,
         max_records: int,
-    ) -> None:  # fmt: skip
+    ) -> None:
         @broker.subscriber(
             *self.topics,
             group_id=self.group_id,
@@ -119,7 +123,9 @@ class IdempotentConsumer:
         )
         async def consume(body: Any, message: KafkaMessage) -> None:
             raw = message.raw_message
-            records: tuple[ConsumerRecord[Any, Any], ...] = raw if isinstance(raw, tuple) else (raw,)
+            records: tuple[ConsumerRecord[Any, Any], ...] = (
+                raw if isinstance(raw, tuple) else (raw,)
+            )
             await self.process(records)
             await message.ack()
 
@@ -138,9 +144,7 @@ class IdempotentConsumer:
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(is_transient),
             wait=wait_exponential_jitter(multiplier=0.2, max=10.0),
-            before_sleep=lambda rs: log.warning(
-                "consumer_retrying", group=self.group_id, error=repr(rs.outcome.exception())
-            ),
+            before_sleep=self._log_retry,
             reraise=True,
         ):
             with attempt:
@@ -149,6 +153,15 @@ class IdempotentConsumer:
         self.relay.wake()
         if self.after_commit is not None:
             self.after_commit()
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "consumer_retrying",
+            group=self.group_id,
+            error=repr(error),
+            attempt=state.attempt_number,
+        )
 
     async def _apply(
         self,
@@ -164,16 +177,16 @@ class IdempotentConsumer:
             for record, exc in dead:
                 self._log_dead_letter(record, exc)
             return
-        except Exception as exc:
-            if is_transient(exc):
+        except Exception as batch_error:
+            if is_transient(batch_error):
                 raise
-            log.warning("batch_failed_isolating", group=self.group_id, error=repr(exc))
+            log.warning("batch_failed_isolating", group=self.group_id, error=repr(batch_error))
         # Something in the batch is poison: apply the events one by one to find it.
-        for record, exc in poison:
+        for record, error in poison:
             async with self.db.begin() as conn:
-                dead_lettered = await self._dead_letter(conn, record, exc)
+                dead_lettered = await self._dead_letter(conn, record, error)
             if dead_lettered:
-                self._log_dead_letter(record, exc)
+                self._log_dead_letter(record, error)
         for item in decoded:
             try:
                 async with self.db.begin() as conn:
@@ -197,10 +210,14 @@ class IdempotentConsumer:
                 )
                 self.dead_lettered += 1
         log.error(
-            "event_dead_lettered", group=self.group_id, topic=item.topic, offset=item.offset,
-            event_id=str(item.event.event_id), lead_id=str(item.event.correlation_id),
+            "event_dead_lettered",
+            group=self.group_id,
+            topic=item.topic,
+            offset=item.offset,
+            event_id=str(item.event.event_id),
+            lead_id=str(item.event.correlation_id),
             error=repr(exc),
-        )  # fmt: skip
+        )
 
     async def _claim(self, conn: AsyncConnection, items: Sequence[Consumed]) -> list[Consumed]:
         """Record the event ids as processed; returns only those not processed before."""
@@ -208,7 +225,7 @@ class IdempotentConsumer:
             return []
         rows = await conn.execute(
             text(
-                "insert into processed_events (consumer, event_id, topic, partition, \"offset\")"
+                'insert into processed_events (consumer, event_id, topic, partition, "offset")'
                 " select :c, * from unnest("
                 "  cast(:ids as uuid[]), cast(:topics as text[]), cast(:parts as int[]),"
                 "  cast(:offs as bigint[]))"
@@ -235,12 +252,17 @@ class IdempotentConsumer:
         pseudo_id = derived_id("record", record.topic, record.partition, record.offset)
         row = await conn.execute(
             text(
-                "insert into processed_events (consumer, event_id, topic, partition, \"offset\")"
+                'insert into processed_events (consumer, event_id, topic, partition, "offset")'
                 " values (:c, :id, :t, :p, :o) on conflict do nothing returning event_id"
             ),
-            {"c": self.group_id, "id": pseudo_id, "t": record.topic, "p": record.partition,
-             "o": record.offset},
-        )  # fmt: skip
+            {
+                "c": self.group_id,
+                "id": pseudo_id,
+                "t": record.topic,
+                "p": record.partition,
+                "o": record.offset,
+            },
+        )
         return row.first() is not None
 
     async def _dead_letter(
@@ -261,9 +283,13 @@ class IdempotentConsumer:
     def _log_dead_letter(self, record: ConsumerRecord[Any, Any], exc: BaseException) -> None:
         self.dead_lettered += 1
         log.error(
-            "record_dead_lettered", group=self.group_id, topic=record.topic,
-            partition=record.partition, offset=record.offset, error=repr(exc)[:500],
-        )  # fmt: skip
+            "record_dead_lettered",
+            group=self.group_id,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            error=repr(exc)[:500],
+        )
 
     def _origin_headers(
         self, topic: str, partition: int, offset: int, exc: BaseException

@@ -12,7 +12,6 @@ import uuid
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from lx_schemas.events import SealedFields
 
 DATA_KEY_BYTES = 32

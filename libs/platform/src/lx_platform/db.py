@@ -83,7 +83,9 @@ async def apply_migrations(db: Database, packages: Sequence[str]) -> list[str]:
         )
         done = {
             (c, v)
-            for c, v in (await conn.execute(text("select component, version from schema_migrations")))
+            for c, v in (
+                await conn.execute(text("select component, version from schema_migrations"))
+            )
         }
         for package in packages:
             folder = resources.files(package).joinpath("migrations")

@@ -56,7 +56,9 @@ def require_internal(expected: Callable[[Request], str]) -> Callable[..., Awaita
 def require_bearer(expected: Callable[[Request], str]) -> Callable[..., Awaitable[None]]:
     """A dependency admitting requests with ``Authorization: Bearer <expected>``."""
 
-    async def guard(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+    async def guard(
+        request: Request, authorization: Annotated[str | None, Header()] = None
+    ) -> None:
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             token.encode(), expected(request).encode()

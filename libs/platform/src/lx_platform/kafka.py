@@ -10,11 +10,11 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from faststream.kafka import KafkaBroker
+from lx_schemas.envelope import Event
+from lx_schemas.topics import ALL_TOPICS, DEAD_LETTER_PARTITIONS, KEEP_FOREVER, TopicSpec, topic_for
 
 from lx_platform.logging import get_logger
 from lx_platform.settings import KafkaSettings
-from lx_schemas.envelope import Event
-from lx_schemas.topics import ALL_TOPICS, DEAD_LETTER_PARTITIONS, KEEP_FOREVER, TopicSpec, topic_for
 
 log = get_logger(__name__)
 

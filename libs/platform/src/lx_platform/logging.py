@@ -13,11 +13,27 @@ import structlog
 # Keys whose values are PII whatever the campaign calls its fields.
 PII_KEYS = frozenset(
     {
-        "email", "phone", "first_name", "last_name", "name", "address", "street",
-        "ssn", "dob", "date_of_birth", "ip", "ip_address", "pii", "body",
-        "request_body", "response_body", "authorization", "api_key", "password",
+        "email",
+        "phone",
+        "first_name",
+        "last_name",
+        "name",
+        "address",
+        "street",
+        "ssn",
+        "dob",
+        "date_of_birth",
+        "ip",
+        "ip_address",
+        "pii",
+        "body",
+        "request_body",
+        "response_body",
+        "authorization",
+        "api_key",
+        "password",
     }
-)  # fmt: skip
+)
 REDACTED = "[redacted]"
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
 _PHONE = re.compile(r"\+?\d[\d ().-]{8,}\d")

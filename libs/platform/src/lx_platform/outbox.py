@@ -15,13 +15,13 @@ import json
 import uuid
 from typing import Any
 
+from lx_schemas.envelope import Event
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from lx_platform.db import Database
 from lx_platform.kafka import EventPublisher, encode_key
 from lx_platform.logging import get_logger
-from lx_schemas.envelope import Event
 
 log = get_logger(__name__)
 _RELAY_LOCK = int.from_bytes(hashlib.sha256(b"lx-outbox-relay").digest()[:7], "big")
@@ -70,9 +70,14 @@ class Outbox:
         """For records that are not platform events (dead letters keep their raw bytes)."""
         await conn.execute(
             _INSERT,
-            {"topic": topic, "key": key, "event_id": None, "headers": json.dumps(headers),
-             "value": value},
-        )  # fmt: skip
+            {
+                "topic": topic,
+                "key": key,
+                "event_id": None,
+                "headers": json.dumps(headers),
+                "value": value,
+            },
+        )
 
 
 class OutboxRelay:
@@ -122,7 +127,9 @@ class OutboxRelay:
     async def relay_once(self) -> int:
         """Send one batch of staged rows; returns how many were sent."""
         async with self.db.begin() as conn:
-            if not await conn.scalar(text("select pg_try_advisory_xact_lock(:k)"), {"k": _RELAY_LOCK}):
+            if not await conn.scalar(
+                text("select pg_try_advisory_xact_lock(:k)"), {"k": _RELAY_LOCK}
+            ):
                 return 0
             rows = (
                 await conn.execute(
@@ -133,10 +140,14 @@ class OutboxRelay:
             if not rows:
                 return 0
             records: list[tuple[str, bytes | None, dict[str, str], bytes]] = [
-                (r.topic, bytes(r.key) if r.key is not None else None, _headers(r.headers),
-                 bytes(r.value))
+                (
+                    r.topic,
+                    bytes(r.key) if r.key is not None else None,
+                    _headers(r.headers),
+                    bytes(r.value),
+                )
                 for r in rows
-            ]  # fmt: skip
+            ]
             await self.publisher.publish_raw(records)
             await conn.execute(
                 text("delete from outbox where id = any(:ids)"), {"ids": [r.id for r in rows]}

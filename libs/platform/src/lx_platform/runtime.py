@@ -13,6 +13,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from faststream.kafka import KafkaBroker
+from lx_schemas.topics import TopicSpec
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -23,7 +24,6 @@ from lx_platform.kafka import EventPublisher, ensure_topics, make_broker
 from lx_platform.logging import configure_logging, get_logger
 from lx_platform.outbox import Outbox, OutboxRelay
 from lx_platform.settings import ServiceSettings
-from lx_schemas.topics import TopicSpec
 
 log = get_logger(__name__)
 Hook = Callable[[], Awaitable[None]]
@@ -49,14 +49,24 @@ class Runtime:
     extras: dict[str, Any] = field(default_factory=dict)
 
     def consume(
-        self, *, group_id: str, topics: Sequence[TopicSpec], handler: BatchHandler,
+        self,
+        *,
+        group_id: str,
+        topics: Sequence[TopicSpec],
+        handler: BatchHandler,
         after_commit: Callable[[], None] | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         kafka = self.settings.kafka
         consumer = IdempotentConsumer(
-            group_id=group_id, topics=topics, handler=handler, db=self.db, outbox=self.outbox,
-            relay=self.relay, topic_prefix=kafka.topic_prefix, after_commit=after_commit,
-        )  # fmt: skip
+            group_id=group_id,
+            topics=topics,
+            handler=handler,
+            db=self.db,
+            outbox=self.outbox,
+            relay=self.relay,
+            topic_prefix=kafka.topic_prefix,
+            after_commit=after_commit,
+        )
         consumer.register(
             self.broker,
             fetch_max_wait_ms=kafka.fetch_max_wait_ms,
@@ -81,9 +91,15 @@ def build_runtime(name: str, settings: ServiceSettings, migrations: Sequence[str
     broker = make_broker(settings.kafka, client_id=f"lx-{name}")
     publisher = EventPublisher(broker, settings.kafka.topic_prefix)
     return Runtime(
-        name=name, settings=settings, db=db, broker=broker, publisher=publisher,
-        outbox=Outbox(publisher), relay=OutboxRelay(db, publisher), migrations=migrations,
-    )  # fmt: skip
+        name=name,
+        settings=settings,
+        db=db,
+        broker=broker,
+        publisher=publisher,
+        outbox=Outbox(publisher),
+        relay=OutboxRelay(db, publisher),
+        migrations=migrations,
+    )
 
 
 async def start_runtime(rt: Runtime) -> None:
@@ -148,22 +164,34 @@ def install_error_handlers(app: FastAPI) -> None:
             {"field": ".".join(str(p) for p in e["loc"][1:]), "code": e["type"], "detail": e["msg"]}
             for e in exc.errors()
         ]
-        return problem(422, "invalid_request", "the request does not match the schema",
-                       errors=errors)  # fmt: skip
+        return problem(
+            422, "invalid_request", "the request does not match the schema", errors=errors
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
         if isinstance(exc.detail, dict):
             return problem(exc.status_code, **exc.detail)
-        code = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-                409: "conflict", 413: "payload_too_large"}.get(exc.status_code, "error")  # fmt: skip
+        code = {
+            401: "unauthorized",
+            403: "forbidden",
+            404: "not_found",
+            405: "method_not_allowed",
+            409: "conflict",
+            413: "payload_too_large",
+        }.get(exc.status_code, "error")
         return problem(exc.status_code, code, str(exc.detail))
 
 
 def serve(app: FastAPI, settings: ServiceSettings) -> None:
     """Run one service process; SIGTERM and Ctrl-C shut it down gracefully."""
     config = uvicorn.Config(
-        app, host=settings.http_host, port=settings.http_port, log_config=None,
-        access_log=False, lifespan="on", timeout_graceful_shutdown=30,
-    )  # fmt: skip
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=30,
+    )
     uvicorn.Server(config).run()

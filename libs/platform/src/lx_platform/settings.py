@@ -53,9 +53,7 @@ class PlatformSettings(BaseSettings):
     def _refuse_placeholders_in_production(self) -> PlatformSettings:
         if self.environment == "production":
             for name in ("internal_token", "operator_token"):
-                if getattr(self, name).get_secret_value() in _PLACEHOLDERS | {
-                    "dev-operator-token"
-                }:
+                if getattr(self, name).get_secret_value() in _PLACEHOLDERS | {"dev-operator-token"}:
                     raise ValueError(f"LX_PLATFORM_{name.upper()} must be set to a real secret")
         return self
 

@@ -296,5 +296,7 @@ class UsageIncremented(Event):
 
 
 ConfigEvent = AccountConfigured | CampaignConfigured | SourceConfigured | BuyerConfigured
-LeadEvent = LeadReceived | LeadRouted | LeadRoutingExhausted | DeliveryAttempted | LeadSold | LeadUnsold
+LeadEvent = (
+    LeadReceived | LeadRouted | LeadRoutingExhausted | DeliveryAttempted | LeadSold | LeadUnsold
+)
 FINAL_OUTCOMES = (LeadSold, LeadUnsold)
