@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from lx_devstack.stack import Seeded, Stack, seed
+from lx_devstack.stack import Seeded, Stack, config_settled, seed
 from lx_schemas import events as ev
 from lx_schemas.topics import DELIVERY_OUTCOME
 
@@ -37,6 +37,7 @@ def demo(stack: Stack) -> Seeded:
             ("Good Lender", f"{buyer}/buyers/good/accept", str(PRICE), 2),
         ],
         wait_ingest_url=stack.layout.url("ingest"),
+        wait_for_groups=config_settled(stack.layout, stack.infra.kafka_bootstrap),
     )
 
 

@@ -12,7 +12,7 @@ import httpx
 import psycopg
 import pytest
 from lx_devstack.postgres import libpq_dsn
-from lx_devstack.stack import Seeded, Stack, seed
+from lx_devstack.stack import Seeded, Stack, config_settled, seed
 
 from tests.e2e.support import a_lead, buyer_inbox, lead_status, operator_get, post_lead, wait_for
 
@@ -30,6 +30,7 @@ def demo(stack: Stack) -> Seeded:
             ("Good Lender", f"{buyer}/buyers/good/accept", "35.00", 2),
         ],
         wait_ingest_url=stack.layout.url("ingest"),
+        wait_for_groups=config_settled(stack.layout, stack.infra.kafka_bootstrap),
     )
 
 

@@ -42,12 +42,13 @@ class Probe:
 
     def __init__(self) -> None:
         self.flaky_failures = 0
+        self.poison_fixed = False
 
     async def __call__(self, conn: AsyncConnection, batch: Sequence[Consumed]) -> None:
         for item in batch:
             assert isinstance(item.event, ev.UsageIncremented)
             subject = item.event.payload.subject_id
-            if subject == POISON:
+            if subject == POISON and not self.poison_fixed:
                 raise ValueError("this event breaks the handler")
             if subject == FLAKY and self.flaky_failures == 0:
                 self.flaky_failures += 1
@@ -120,4 +121,14 @@ async def test_each_effect_happens_once_and_poison_is_dead_lettered(
     await _wait(all_applied)
     await asyncio.sleep(1.0)
     assert await _effects(rt.db) == expected  # type: ignore[attr-defined]
+
+    # After the fix, re-publishing the dead-lettered event applies it (its id was never
+    # claimed); the dead-letter table remembers where it failed.
+    probe.poison_fixed = True
+    await publish(infra.kafka_bootstrap, settings.kafka.topic_prefix, [(poison, ACCOUNT)])
+    expected = sorted([*expected, poison.event_id])
+    await _wait(all_applied)
+    async with rt.db.begin() as conn:  # type: ignore[attr-defined]
+        rows = (await conn.execute(text("select event_id from dead_letters order by \"offset\""))).all()
+    assert sorted(str(r.event_id) for r in rows) == sorted(["None", str(poison.event_id)])
     await stop_runtime(rt)  # type: ignore[arg-type]

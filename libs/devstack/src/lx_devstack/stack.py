@@ -7,6 +7,7 @@ running ``make run`` and a test session never meet).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from lx_devstack.infra import Infra
 from lx_devstack.paths import logs_dir, pid_alive, read_pidfile, run_dir
@@ -228,6 +231,46 @@ class Seeded:
     buyer_ids: list[str]
 
 
+def wait_groups_caught_up(
+    bootstrap: str, topic: str, groups: list[str], timeout: float = 30.0
+) -> None:
+    """Until every group has committed ``topic`` up to its end.
+
+    Configuration is eventually consistent: router and delivery learn a new buyer from
+    ``config.changed`` on their own clock. Demos and tests wait for them before leads flow.
+    """
+
+    async def lagging() -> list[str]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await consumer.start()
+        await admin.start()
+        try:
+            parts = consumer.partitions_for_topic(topic) or set()
+            if not parts:
+                await consumer._client.force_metadata_update()  # topic just created
+                parts = consumer.partitions_for_topic(topic) or set()
+            ends = await consumer.end_offsets([TopicPartition(topic, p) for p in parts])
+            behind = []
+            for group in groups:
+                committed = await admin.list_consumer_group_offsets(group)
+                for tp, end in ends.items():
+                    done = committed.get(tp)
+                    if end > (done.offset if done is not None else 0):
+                        behind.append(group)
+                        break
+            return behind
+        finally:
+            await consumer.stop()
+            await admin.close()
+
+    deadline = time.monotonic() + timeout
+    while behind := asyncio.run(lagging()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"consumer groups {behind} did not catch up on {topic}")
+        time.sleep(0.2)
+
+
 def seed(
     admin_url: str,
     token: str,
@@ -235,6 +278,7 @@ def seed(
     *,
     name: str = "Demo Mortgage Co",
     wait_ingest_url: str | None = None,
+    wait_for_groups: tuple[str, str, list[str]] | None = None,
 ) -> Seeded:
     """Create an account, a campaign, a source and buyers ``(name, url, price, priority)``."""
     with httpx.Client(
@@ -269,7 +313,15 @@ def seed(
     seeded = Seeded(account["account_id"], cid, source["source_id"], source["api_key"], buyer_ids)
     if wait_ingest_url:
         wait_source_known(wait_ingest_url, seeded.api_key)
+    if wait_for_groups:
+        wait_groups_caught_up(*wait_for_groups)
     return seeded
+
+
+def config_settled(layout: StackLayout, bootstrap: str) -> tuple[str, str, list[str]]:
+    """What ``seed`` waits for: router and delivery caught up on ``config.changed``."""
+    prefix = layout.topic_prefix
+    return (bootstrap, f"{prefix}config.changed", [f"{prefix}router", f"{prefix}delivery"])
 
 
 def wait_source_known(ingest_url: str, api_key: str, timeout: float = 30.0) -> None:
@@ -318,6 +370,7 @@ def load_or_seed_demo(stack: Stack) -> Seeded:
         layout.operator_token,
         [("Demo Lender", buyer, "35.00", 1)],
         wait_ingest_url=layout.url("ingest"),
+        wait_for_groups=config_settled(layout, stack.infra.kafka_bootstrap),
     )
     path.write_text(json.dumps(seeded.__dict__, indent=2))
     path.chmod(0o600)

@@ -25,7 +25,7 @@ from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
-from lx_schemas.envelope import Event, UnknownEventError, decode_event, derived_id, utcnow
+from lx_schemas.envelope import Event, UnknownEventError, decode_event, utcnow
 from lx_schemas.topics import TopicSpec
 from pydantic import ValidationError
 from sqlalchemy import text
@@ -200,15 +200,18 @@ class IdempotentConsumer:
 
     async def _dead_letter_event(self, item: Consumed, exc: BaseException) -> None:
         async with self.db.begin() as conn:
-            if await self._claim(conn, [item]):
-                await self.outbox.stage_raw(
-                    conn,
-                    topic=dead_letter_topic(item.topic),
-                    key=str(item.event.correlation_id).encode(),
-                    headers=self._origin_headers(item.topic, item.partition, item.offset, exc),
-                    value=item.event.to_json(),
-                )
-                self.dead_lettered += 1
+            if not await self._record_dead_letter(
+                conn, item.topic, item.partition, item.offset, item.event.event_id, exc
+            ):
+                return
+            await self.outbox.stage_raw(
+                conn,
+                topic=dead_letter_topic(item.topic),
+                key=str(item.event.correlation_id).encode(),
+                headers=self._origin_headers(item.topic, item.partition, item.offset, exc),
+                value=item.event.to_json(),
+            )
+        self.dead_lettered += 1
         log.error(
             "event_dead_lettered",
             group=self.group_id,
@@ -218,6 +221,32 @@ class IdempotentConsumer:
             lead_id=str(item.event.correlation_id),
             error=repr(exc),
         )
+
+    async def _record_dead_letter(
+        self,
+        conn: AsyncConnection,
+        topic: str,
+        partition: int,
+        offset: int,
+        event_id: uuid.UUID | None,
+        exc: BaseException,
+    ) -> bool:
+        """False if this record was dead-lettered before (a redelivery)."""
+        row = await conn.execute(
+            text(
+                'insert into dead_letters (consumer, topic, partition, "offset", event_id, error)'
+                " values (:c, :t, :p, :o, :e, :err) on conflict do nothing returning consumer"
+            ),
+            {
+                "c": self.group_id,
+                "t": topic,
+                "p": partition,
+                "o": offset,
+                "e": event_id,
+                "err": repr(exc)[:2000],
+            },
+        )
+        return row.first() is not None
 
     async def _claim(self, conn: AsyncConnection, items: Sequence[Consumed]) -> list[Consumed]:
         """Record the event ids as processed; returns only those not processed before."""
@@ -247,29 +276,13 @@ class IdempotentConsumer:
                 fresh.append(item)
         return fresh
 
-    async def _claim_record(self, conn: AsyncConnection, record: ConsumerRecord[Any, Any]) -> bool:
-        """Undecodable records have no event id: their position stands in for one."""
-        pseudo_id = derived_id("record", record.topic, record.partition, record.offset)
-        row = await conn.execute(
-            text(
-                'insert into processed_events (consumer, event_id, topic, partition, "offset")'
-                " values (:c, :id, :t, :p, :o) on conflict do nothing returning event_id"
-            ),
-            {
-                "c": self.group_id,
-                "id": pseudo_id,
-                "t": record.topic,
-                "p": record.partition,
-                "o": record.offset,
-            },
-        )
-        return row.first() is not None
-
     async def _dead_letter(
         self, conn: AsyncConnection, record: ConsumerRecord[Any, Any], exc: BaseException
     ) -> bool:
         """Stage an undecodable record for ``<topic>.dlq``; False if it was before."""
-        if not await self._claim_record(conn, record):
+        if not await self._record_dead_letter(
+            conn, record.topic, record.partition, record.offset, None, exc
+        ):
             return False
         await self.outbox.stage_raw(
             conn,

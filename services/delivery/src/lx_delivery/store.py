@@ -151,7 +151,8 @@ async def decide_outcome(conn: AsyncConnection, lead_id: uuid.UUID, outcome: str
 async def deliveries_of_lead(conn: AsyncConnection, lead_id: uuid.UUID) -> list[dict[str, Any]]:
     jobs = await conn.execute(
         text(
-            "select delivery_id, buyer_id, attempt, price, status, result, tries, created_at"
+            "select delivery_id, buyer_id, attempt, price, status, result, tries as try_count,"
+            " created_at"
             " from deliveries where lead_id = :l order by attempt"
         ),
         {"l": lead_id},

@@ -145,13 +145,17 @@ class DeliveryWorker:
         t0 = time.perf_counter()
         status: int | None = None
         answer = b""
+        timeout_s = buyer.timeout_ms / 1000
         try:
-            async with self.client.stream(
-                "POST", str(buyer.endpoint_url), content=body, headers=headers,
-                timeout=buyer.timeout_ms / 1000,
-            ) as response:  # fmt: skip
-                status = response.status_code
-                answer, truncated = await _read_capped(response, self.settings.log_limit_bytes)
+            # The buyer's timeout bounds the whole exchange, not each read: an answer
+            # trickled in byte by byte must not hold a slot (nor outlive the job's lease).
+            async with asyncio.timeout(timeout_s):
+                async with self.client.stream(
+                    "POST", str(buyer.endpoint_url), content=body, headers=headers,
+                    timeout=timeout_s,
+                ) as response:  # fmt: skip
+                    status = response.status_code
+                    answer, truncated = await _read_capped(response, self.settings.log_limit_bytes)
             verdict = (
                 domain.Verdict(R.ERROR, "response_too_large", False)
                 if truncated
@@ -162,6 +166,8 @@ class DeliveryWorker:
         except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError) as exc:
             # The request may have reached the buyer: the outcome is unknown.
             verdict = domain.Verdict(R.OUTCOME_UNKNOWN, type(exc).__name__, True)
+        except TimeoutError:  # the whole exchange overran the buyer's timeout
+            verdict = domain.Verdict(R.OUTCOME_UNKNOWN, "deadline_exceeded", True)
         except httpx.HTTPError as exc:
             verdict = domain.Verdict(R.ERROR, f"transport: {type(exc).__name__}", True)
         latency_ms = (time.perf_counter() - t0) * 1000

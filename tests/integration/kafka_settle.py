@@ -1,0 +1,114 @@
+"""Helpers for the router and delivery tests: publish events and learn where they landed,
+wait (bounded) until a service has consumed them and relayed what it decided, and read a
+topic to its current end, so that "nothing more happened" can be asserted exactly."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from lx_platform.kafka import encode_key
+from lx_platform.runtime import Runtime
+from lx_schemas import topic_for
+from lx_schemas.envelope import Event, decode_event
+
+Position = tuple[str, int, int]  # topic, partition, offset
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, within_s: float = 20.0) -> None:
+    """Poll ``check`` until it holds; raise ``TimeoutError`` naming ``what`` if it never does."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while not await check():
+        if loop.time() > deadline:
+            raise TimeoutError(f"not reached within {within_s}s: {what}")
+        await asyncio.sleep(0.05)
+
+
+async def publish(
+    bootstrap: str, prefix: str, events: Iterable[tuple[Event, uuid.UUID]]
+) -> list[Position]:
+    """Publish in order, each to its event type's topic; returns where each one landed."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        positions = []
+        for event, key in events:
+            meta = await producer.send_and_wait(
+                topic_for(type(event)).qualified(prefix), event.to_json(), key=encode_key(key),
+                headers=[(k, v.encode()) for k, v in event.headers().items()],
+            )  # fmt: skip
+            positions.append((meta.topic, meta.partition, meta.offset))
+        return positions
+    finally:
+        await producer.stop()
+
+
+async def wait_consumed(bootstrap: str, group: str, positions: list[Position]) -> None:
+    """Until ``group`` committed past every position. The platform's consumer commits an
+    offset only after the database transaction of its batch (outbox rows included)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+
+        async def committed() -> bool:
+            offsets = await admin.list_consumer_group_offsets(group)
+            return all(
+                (c := offsets.get(TopicPartition(t, p))) is not None and c.offset > o
+                for t, p, o in positions
+            )
+
+        await until(committed, f"{group} consumed {positions}")
+    finally:
+        await admin.close()
+
+
+async def wait_relayed(rt: Runtime) -> None:
+    """Until the service's outbox is empty: what it staged is acknowledged by Kafka."""
+
+    async def empty() -> bool:
+        return await rt.relay.backlog() == 0
+
+    await until(empty, f"{rt.name}'s outbox relayed")
+
+
+async def read_all(bootstrap: str, topic: str) -> list[Event]:
+    """Every event of ``topic`` from its beginning up to its end as of this call."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    tps = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+    assert tps, f"topic {topic} has no partitions"
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        events: list[Event] = []
+
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < ends[tp] for tp in tps])
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20.0
+        while await behind():
+            if loop.time() > deadline:
+                raise TimeoutError(f"could not read {topic} to its end")
+            batch = await consumer.getmany(*tps, timeout_ms=200)
+            for records in batch.values():
+                events.extend(decode_event(r.value) for r in records)
+        return events
+    finally:
+        await consumer.stop()
+
+
+def republished(event: Event) -> Event:
+    """The same fact under a new event id (a replay, or a producer's retry)."""
+    return event.model_copy(update={"event_id": uuid.uuid4()})
