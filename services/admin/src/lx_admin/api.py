@@ -74,6 +74,9 @@ async def create_campaign(
     dupes = domain.check_unique_fields(body.fields)
     if dupes:
         raise HTTPException(422, {"code": "duplicate_field", "detail": f"fields repeated: {dupes}"})
+    if errors := domain.enum_fields_without_options(body.fields):
+        raise HTTPException(422, {"code": "invalid_request", "errors": errors,
+                                  "detail": "the request does not match the schema"})  # fmt: skip
     state = ev.CampaignState(
         campaign_id=uuid.uuid4(), account_id=account_id, name=body.name,
         vertical=body.vertical, fields=tuple(body.fields),

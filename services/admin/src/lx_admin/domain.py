@@ -9,7 +9,7 @@ from typing import Annotated
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
-from lx_schemas.events import AcceptanceRule, FieldSpec, Status, Usd
+from lx_schemas.events import AcceptanceRule, FieldSpec, FieldType, Status, Usd
 
 API_KEY_PREFIX = "lxsk_"
 
@@ -63,6 +63,16 @@ class BuyerUpdate(Request):
     price: Usd | None = None
     priority: Annotated[int, Field(ge=0, le=10_000)] | None = None
     timeout_ms: Annotated[int, Field(ge=50, le=60_000)] | None = None
+
+
+def enum_fields_without_options(fields: list[FieldSpec]) -> list[dict[str, str]]:
+    """An enum field with no options could never accept a value: every lead would fail."""
+    return [
+        {"field": f"fields.{i}.options", "code": "enum_without_options",
+         "detail": f"enum field {f.name!r} needs at least one option"}
+        for i, f in enumerate(fields)
+        if f.type is FieldType.ENUM and not f.options
+    ]  # fmt: skip
 
 
 def check_unique_fields(fields: list[FieldSpec]) -> list[str]:

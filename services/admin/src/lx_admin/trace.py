@@ -53,6 +53,8 @@ def lead_status(types: list[str]) -> str:
         return "sold"
     if "LeadUnsold" in types:
         return "unsold"
+    if set(types) == {"LeadReceived"}:
+        return "received"  # not routed yet
     return "in_progress" if types else "unknown"
 
 

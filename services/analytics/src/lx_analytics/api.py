@@ -60,7 +60,9 @@ async def hourly(
             text(f"select * from hourly_stats {where} order by hour, campaign_id, source_id,"
                  " buyer_id limit 10000"), params,
         )  # fmt: skip
+        # Hours are UTC buckets: shown in UTC whatever the database session's time zone.
         return [
-            HourlyRow(**{**r._mapping, "buyer_id": r.buyer_id if r.buyer_id.int else None})
+            HourlyRow(**{**r._mapping, "hour": r.hour.astimezone(dt.UTC),
+                         "buyer_id": r.buyer_id if r.buyer_id.int else None})
             for r in rows
-        ]
+        ]  # fmt: skip

@@ -57,14 +57,18 @@ async def usage(conn: AsyncConnection, account_id: uuid.UUID, month: dt.date) ->
 
 
 async def sales(conn: AsyncConnection, account_id: uuid.UUID, month: dt.date) -> dict[str, Any]:
+    # The month's bounds as UTC instants: a bare date compared with a timestamptz would be
+    # read in the session's time zone, moving the boundary with the server's settings.
+    start = dt.datetime(month.year, month.month, 1, tzinfo=dt.UTC)
+    end = dt.datetime(month.year + month.month // 12, month.month % 12 + 1, 1, tzinfo=dt.UTC)
     row = (
         await conn.execute(
             text(
-                "select count(*) as n, coalesce(sum(amount), 0) as total from ledger_transactions"
-                " where account_id = :a and kind = 'lead_sale'"
-                " and occurred_at >= :m and occurred_at < (cast(:m as date) + interval '1 month')"
+                "select count(*) as n, coalesce(sum(amount), 0.00) as total"
+                " from ledger_transactions where account_id = :a and kind = 'lead_sale'"
+                " and occurred_at >= :start and occurred_at < :end"
             ),
-            {"a": account_id, "m": month},
+            {"a": account_id, "start": start, "end": end},
         )
     ).one()
     return {"sold_leads": int(row.n), "revenue": row.total}

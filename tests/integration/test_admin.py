@@ -1,0 +1,554 @@
+"""The admin API in-process against real Kafka and PostgreSQL.
+
+Every configuration change is published on ``config.changed`` (through the outbox)
+with the entity's full state, keyed by the entity's id; the lead trace is a read model
+of the lead topics. No delivery service runs here: the trace says so in
+``deliveries_error`` (the configured delivery URL is a free port nobody listens on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from fastapi import FastAPI
+from lx_admin.main import create_service
+from lx_admin.settings import AdminSettings
+from lx_devstack.infra import Infra
+from lx_platform.runtime import Runtime
+from lx_platform.settings import PlatformSettings
+from lx_schemas import Event, decode_event
+from lx_schemas import events as ev
+from lx_schemas.topics import CONFIG_CHANGED
+from sqlalchemy import text
+
+from tests.support.http import free_port
+from tests.support.kafka import publish, read_records
+from tests.support.services import OPERATOR, serving, settings_for
+
+T = TypeVar("T")
+FIELDS = [
+    {"name": "email", "type": "email", "required": True, "pii": True},
+    {"name": "state", "type": "us_state", "required": True},
+    {"name": "purpose", "type": "enum", "options": ["purchase", "refinance"]},
+]
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]], *, within: float = 20.0, what: str = "condition"
+) -> T:
+    """Await ``probe()`` until it returns something truthy; fail with the last value."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what} not reached within {within}s (last: {value!r})")
+        await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def hosted(app: FastAPI) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
+    """``serving`` run inside one background task, so that a module fixture's setup and
+    teardown (which pytest runs in different tasks) enter and leave it in the same task."""
+    ready: asyncio.Future[tuple[httpx.AsyncClient, Runtime]] = asyncio.Future()
+    stop = asyncio.Event()
+
+    async def hold() -> None:
+        try:
+            async with serving(app) as running:
+                ready.set_result(running)
+                await stop.wait()
+        except BaseException as exc:
+            if not ready.done():
+                ready.set_exception(exc)
+            raise
+
+    task = asyncio.create_task(hold())
+    try:
+        yield await ready
+    finally:
+        stop.set()
+        await task
+
+
+async def read_to_end(bootstrap: str, topic: str) -> list[ConsumerRecord[Any, Any]]:
+    """Every record of ``topic`` up to its end as of now, from every partition."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await reader.start()
+    try:
+        tps = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+        ends = {tp.partition: end for tp, end in (await reader.end_offsets(tps)).items()}
+    finally:
+        await reader.stop()
+
+    def complete(records: list[ConsumerRecord[Any, Any]]) -> bool:
+        last: dict[int, int] = {}
+        for r in records:
+            last[r.partition] = max(last.get(r.partition, -1), r.offset)
+        return all(last.get(p, -1) >= end - 1 for p, end in ends.items())
+
+    records = await read_records(bootstrap, topic, until=complete)
+    assert complete(records), f"could not read {topic} to its end"
+    return records
+
+
+@dataclass
+class Service:
+    client: httpx.AsyncClient
+    rt: Runtime
+    bootstrap: str
+
+    @property
+    def prefix(self) -> str:
+        return self.rt.settings.kafka.topic_prefix
+
+    async def post(self, url: str, body: Any) -> httpx.Response:
+        return await self.client.post(url, json=body, headers=OPERATOR)
+
+    async def created(self, url: str, body: Any) -> dict[str, Any]:
+        r = await self.post(url, body)
+        assert r.status_code == 201, r.text
+        result: dict[str, Any] = r.json()
+        return result
+
+    async def config_records(self, *keys: str) -> list[ConsumerRecord[Any, Any]]:
+        """All of config.changed, once it holds a record for each of ``keys`` (the outbox
+        relay publishes shortly after the API answers)."""
+        wanted = {k.encode() for k in keys}
+
+        async def read() -> list[ConsumerRecord[Any, Any]]:
+            records = await read_to_end(self.bootstrap, CONFIG_CHANGED.qualified(self.prefix))
+            return records if wanted <= {r.key for r in records} else []
+
+        return await eventually(read, what=f"config.changed holding {keys}")
+
+    async def counts(self) -> dict[str, int]:
+        async with self.rt.db.begin() as conn:
+            return {
+                t: int(await conn.scalar(text(f"select count(*) from {t}")) or 0)
+                for t in ("accounts", "campaigns", "sources", "buyers")
+            }
+
+
+@pytest.fixture(scope="module")
+async def admin(infra: Infra, isolation: str) -> AsyncIterator[Service]:
+    nobody = PlatformSettings(
+        delivery_url=f"http://127.0.0.1:{free_port()}", internal_timeout_s=0.5
+    )
+    settings = settings_for(AdminSettings, infra, isolation, "admin", platform=nobody)
+    async with hosted(create_service(settings)) as (client, rt):
+        yield Service(client, rt, infra.kafka_bootstrap)
+
+
+def keyed(records: list[ConsumerRecord[Any, Any]], key: str) -> list[Event]:
+    return [decode_event(r.value) for r in records if r.key == key.encode()]
+
+
+async def make_campaign(admin: Service) -> tuple[dict[str, Any], dict[str, Any]]:
+    account = await admin.created("/v1/accounts", {"name": "Acme Leads"})
+    campaign = await admin.created(
+        f"/v1/accounts/{account['account_id']}/campaigns",
+        {"name": "Mortgage CA", "vertical": "mortgage", "fields": FIELDS},
+    )
+    return account, campaign
+
+
+# --- tests ----------------------------------------------------------------------------------
+
+
+async def test_each_created_entity_is_published_in_full_keyed_by_its_id(admin: Service) -> None:
+    account, campaign = await make_campaign(admin)
+    account_id, campaign_id = account["account_id"], campaign["campaign_id"]
+    source = await admin.created(
+        f"/v1/campaigns/{campaign_id}/sources", {"name": "Affiliate A", "payout": "12.50"}
+    )
+    buyer = await admin.created(
+        f"/v1/campaigns/{campaign_id}/buyers",
+        {
+            "name": "Buyer One",
+            "endpoint_url": "https://buyer.example/leads",
+            "price": "35.10",
+            "priority": 5,
+            "timeout_ms": 800,
+        },
+    )
+    source_state = {k: v for k, v in source.items() if k != "api_key"}
+    assert account == {"account_id": account_id, "name": "Acme Leads", "status": "active"}
+    assert campaign["account_id"] == account_id
+    assert (source["account_id"], source["campaign_id"]) == (account_id, campaign_id)
+    assert (buyer["account_id"], buyer["campaign_id"]) == (account_id, campaign_id)
+    assert (source["payout"], buyer["price"], buyer["status"]) == ("12.50", "35.10", "active")
+
+    ids = {
+        "account": account_id,
+        "campaign": campaign_id,
+        "source": source["source_id"],
+        "buyer": buyer["buyer_id"],
+    }
+    records = await admin.config_records(*ids.values())
+    expected = {
+        "account": (ev.AccountConfigured, ev.AccountState(**account)),
+        "campaign": (ev.CampaignConfigured, ev.CampaignState(**campaign)),
+        "source": (ev.SourceConfigured, ev.SourceState(**source_state)),
+        "buyer": (ev.BuyerConfigured, ev.BuyerState(**buyer)),
+    }
+    for kind, (cls, state) in expected.items():
+        events = keyed(records, ids[kind])
+        assert len(events) == 1, f"{kind}: {events}"
+        (event,) = events
+        assert isinstance(event, cls)
+        assert event.payload == state, kind  # the full state, as the API answered it
+        assert str(event.account_id) == account_id
+        assert str(event.correlation_id) == ids[kind]
+        assert event.producer == "admin"
+    headers = {
+        k: v.decode() for r in records if r.key == ids["buyer"].encode() for k, v in r.headers
+    }
+    assert headers["lx-event-type"] == "BuyerConfigured"
+    assert headers["lx-schema-version"] == "1"
+
+    # The API reads back what it published.
+    r = await admin.client.get(f"/v1/accounts/{account_id}", headers=OPERATOR)
+    assert r.json() == account
+    r = await admin.client.get(f"/v1/campaigns/{campaign_id}", headers=OPERATOR)
+    assert r.json() == campaign
+    r = await admin.client.get(f"/v1/campaigns/{campaign_id}/sources", headers=OPERATOR)
+    assert r.json() == [source_state]
+    r = await admin.client.get(f"/v1/campaigns/{campaign_id}/buyers", headers=OPERATOR)
+    assert r.json() == [buyer]
+    assert await admin.rt.relay.backlog() == 0
+
+
+async def test_a_source_api_key_is_shown_once_and_only_its_sha256_is_kept(admin: Service) -> None:
+    _, campaign = await make_campaign(admin)
+    url = f"/v1/campaigns/{campaign['campaign_id']}/sources"
+    first = await admin.created(url, {"name": "Affiliate A"})
+    second = await admin.created(url, {"name": "Affiliate B"})
+    key = first["api_key"]
+    assert key.startswith("lxsk_") and len(key) >= 40
+    assert key != second["api_key"]
+    assert first["api_key_sha256"] == hashlib.sha256(key.encode()).hexdigest()
+    assert first["api_key_prefix"] == key[:11]
+    assert first["payout"] == "0.00"
+
+    records = await admin.config_records(first["source_id"])
+    for record in records:
+        assert key.encode() not in record.value
+    (event,) = keyed(records, first["source_id"])
+    assert isinstance(event, ev.SourceConfigured)
+    assert event.payload.api_key_sha256 == first["api_key_sha256"]
+
+    # Nowhere in admin's database: not in any table's rows, not in the outbox.
+    async with admin.rt.db.begin() as conn:
+        tables = list(
+            await conn.scalars(
+                text(
+                    "select table_name from information_schema.tables"
+                    " where table_schema = 'public' and table_type = 'BASE TABLE'"
+                )
+            )
+        )
+        assert "sources" in tables
+        for table in tables:
+            hits = await conn.scalar(
+                text(f"select count(*) from {table} t where t::text like :k"), {"k": f"%{key}%"}
+            )
+            assert hits == 0, f"the API key is stored in {table}"
+        stored = await conn.scalar(
+            text("select state from sources where source_id = :s"), {"s": first["source_id"]}
+        )
+        outbox = list(await conn.scalars(text("select value from outbox")))
+    assert "api_key" not in stored
+    assert stored["api_key_sha256"] == first["api_key_sha256"]
+    assert all(key.encode() not in bytes(v) for v in outbox)
+
+    listed = await admin.client.get(url, headers=OPERATOR)
+    assert key not in listed.text
+    assert all("api_key" not in s for s in listed.json())
+
+
+async def test_requests_without_the_operator_token_get_401_and_change_nothing(
+    admin: Service,
+) -> None:
+    account, _ = await make_campaign(admin)
+    before = await admin.counts()
+    wrong = [
+        {},
+        {"authorization": "Bearer not-the-token"},
+        {"authorization": "dev-operator-token"},
+        {"authorization": "Basic dev-operator-token"},
+    ]
+    for headers in wrong:
+        r = await admin.client.post("/v1/accounts", json={"name": "Intruder"}, headers=headers)
+        assert r.status_code == 401, f"{headers}: {r.text}"
+        assert r.json()["error"]["code"] == "unauthorized"
+        r = await admin.client.get(f"/v1/accounts/{account['account_id']}", headers=headers)
+        assert r.status_code == 401, f"{headers}: {r.text}"
+        r = await admin.client.get(f"/v1/leads/{uuid.uuid4()}/trace", headers=headers)
+        assert r.status_code == 401, f"{headers}: {r.text}"
+    assert await admin.counts() == before
+    marker = await admin.created("/v1/accounts", {"name": "Marker"})
+    records = await admin.config_records(marker["account_id"])
+    assert not [r for r in records if b"Intruder" in r.value]
+
+
+async def test_an_unknown_parent_or_entity_is_404_and_nothing_is_published(admin: Service) -> None:
+    nobody = str(uuid.uuid4())
+    before = await admin.counts()
+    buyer = {"name": "B", "endpoint_url": "https://buyer.example/", "price": "1.00"}
+    cases = [
+        (
+            "post",
+            f"/v1/accounts/{nobody}/campaigns",
+            {"name": "M", "vertical": "mortgage", "fields": FIELDS},
+            "account_not_found",
+        ),
+        ("post", f"/v1/campaigns/{nobody}/sources", {"name": "S"}, "campaign_not_found"),
+        ("post", f"/v1/campaigns/{nobody}/buyers", buyer, "campaign_not_found"),
+        ("patch", f"/v1/buyers/{nobody}", {"status": "paused"}, "buyer_not_found"),
+        ("get", f"/v1/accounts/{nobody}", None, "account_not_found"),
+        ("get", f"/v1/campaigns/{nobody}", None, "campaign_not_found"),
+    ]
+    for method, url, body, code in cases:
+        r = await admin.client.request(method, url, json=body, headers=OPERATOR)
+        assert r.status_code == 404, f"{method} {url}: {r.text}"
+        assert r.json()["error"]["code"] == code
+
+    assert await admin.counts() == before
+    marker = await admin.created("/v1/accounts", {"name": "Marker"})
+    records = await admin.config_records(marker["account_id"])
+    assert not [r for r in records if nobody.encode() in r.value]
+
+
+async def test_invalid_campaign_fields_get_422_naming_each_field(admin: Service) -> None:
+    account = await admin.created("/v1/accounts", {"name": "Acme"})
+    url = f"/v1/accounts/{account['account_id']}/campaigns"
+    before = await admin.counts()
+
+    r = await admin.post(url, {"name": "", "vertical": "mortgage", "fields": []})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "invalid_request"
+    assert {(e["field"], e["code"]) for e in r.json()["error"]["errors"]} == {
+        ("name", "string_too_short"),
+        ("fields", "too_short"),
+    }
+
+    r = await admin.post(
+        url,
+        {
+            "name": "M",
+            "vertical": "mortgage",
+            "fields": [
+                {"name": "email", "type": "email"},
+                {"name": "Bad Name", "type": "colour", "max_length": 0},
+            ],
+        },
+    )
+    assert r.status_code == 422, r.text
+    assert {(e["field"], e["code"]) for e in r.json()["error"]["errors"]} == {
+        ("fields.1.name", "string_pattern_mismatch"),
+        ("fields.1.type", "enum"),
+        ("fields.1.max_length", "greater_than_equal"),
+    }
+
+    r = await admin.post(
+        url,
+        {
+            "name": "M",
+            "vertical": "mortgage",
+            "fields": [{"name": "email", "type": "email"}, {"name": "email", "type": "text"}],
+        },
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "duplicate_field"
+    assert "email" in r.json()["error"]["detail"]
+
+    # An enum with no options could never accept a value: every lead would be refused.
+    r = await admin.post(
+        url,
+        {
+            "name": "M",
+            "vertical": "mortgage",
+            "fields": [{"name": "email", "type": "email"}, {"name": "purpose", "type": "enum"}],
+        },
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "invalid_request"
+    assert [(e["field"], e["code"]) for e in r.json()["error"]["errors"]] == [
+        ("fields.1.options", "enum_without_options")
+    ]
+
+    assert await admin.counts() == before
+
+
+async def test_pausing_a_buyer_publishes_its_new_full_state(admin: Service) -> None:
+    _, campaign = await make_campaign(admin)
+    buyer = await admin.created(
+        f"/v1/campaigns/{campaign['campaign_id']}/buyers",
+        {"name": "Buyer One", "endpoint_url": "https://buyer.example/leads", "price": "35.10"},
+    )
+    buyer_id = buyer["buyer_id"]
+
+    r = await admin.client.patch(
+        f"/v1/buyers/{buyer_id}", json={"status": "paused"}, headers=OPERATOR
+    )
+    assert r.status_code == 200, r.text
+    paused = r.json()
+    assert paused == {**buyer, "status": "paused"}
+
+    async def both_states() -> list[Event]:
+        records = await admin.config_records(buyer_id)
+        events = keyed(records, buyer_id)
+        return events if len(events) >= 2 else []
+
+    events = await eventually(both_states, what="the paused state on config.changed")
+    assert [e.payload for e in events] == [ev.BuyerState(**buyer), ev.BuyerState(**paused)]
+    r = await admin.client.get(f"/v1/campaigns/{campaign['campaign_id']}/buyers", headers=OPERATOR)
+    assert r.json() == [paused]
+
+    r = await admin.client.patch(
+        f"/v1/buyers/{buyer_id}", json={"price": "1.234"}, headers=OPERATOR
+    )
+    assert r.status_code == 422, r.text
+    assert [(e["field"], e["code"]) for e in r.json()["error"]["errors"]] == [
+        ("price", "decimal_max_places")
+    ]
+
+
+async def test_the_lead_trace_lists_the_lead_events_in_event_time_order(admin: Service) -> None:
+    account, campaign, source, buyer, lead = (uuid.uuid4() for _ in range(5))
+    delivery = uuid.uuid4()
+    t0 = dt.datetime(2026, 3, 14, 9, 26, 53, tzinfo=dt.UTC)
+    ref = {"lead_id": lead, "campaign_id": campaign, "source_id": source}
+
+    def env(seconds: float) -> dict[str, Any]:
+        return {
+            "account_id": account,
+            "correlation_id": lead,
+            "producer": "test",
+            "occurred_at": t0 + dt.timedelta(seconds=seconds),
+        }
+
+    sealed = ev.SealedFields(
+        key_id=lead, nonce="bm9uY2U=", ciphertext="c2VjcmV0", field_names=("email",)
+    )
+    content = ev.LeadContent(fields={"state": "CA"}, pii=sealed)
+    received = ev.LeadReceived.new(**env(0), payload=ev.LeadReceivedPayload(**ref, lead=content))
+    routed = ev.LeadRouted.new(
+        **env(0.2),
+        payload=ev.LeadRoutedPayload(
+            **ref,
+            buyer_id=buyer,
+            attempt=1,
+            delivery_id=delivery,
+            price=Decimal("35.10"),
+            lead=content,
+        ),
+    )
+    attempted = ev.DeliveryAttempted.new(
+        **env(0.9),
+        payload=ev.DeliveryAttemptedPayload(
+            **ref,
+            buyer_id=buyer,
+            delivery_id=delivery,
+            attempt=1,
+            result=ev.DeliveryResult.ACCEPTED,
+            http_status=200,
+            latency_ms=412.5,
+            price=Decimal("35.10"),
+        ),
+    )
+    sold = ev.LeadSold.new(
+        **env(1.0),
+        payload=ev.LeadSoldPayload(
+            **ref, buyer_id=buyer, delivery_id=delivery, price=Decimal("35.10")
+        ),
+    )
+
+    async def trace() -> httpx.Response:
+        return await admin.client.get(f"/v1/leads/{lead}/trace", headers=OPERATOR)
+
+    consumer = admin.rt.consumers[0]  # the trace's read model of the lead topics
+
+    async def consumed(n: int) -> bool:
+        return consumer.consumed >= n
+
+    assert (await trace()).status_code == 404
+    start = consumer.consumed
+    await publish(admin.bootstrap, admin.prefix, [(received, lead)])
+    await eventually(lambda: consumed(start + 1), what="lead.received consumed")
+    r = await trace()
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "received"
+    assert [e["type"] for e in r.json()["events"]] == ["LeadReceived"]
+
+    # The rest arrives on other topics, the outcome first and the routing last, and one
+    # event twice: the trace is still each event once, in the order they happened.
+    await publish(
+        admin.bootstrap,
+        admin.prefix,
+        [(sold, lead), (attempted, lead), (routed, lead), (sold, lead)],
+    )
+    await eventually(lambda: consumed(start + 5), what="every lead event consumed")
+    r = await trace()
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["lead_id"] == str(lead)
+    assert body["status"] == "sold"
+    assert [e["type"] for e in body["events"]] == [
+        "LeadReceived",
+        "LeadRouted",
+        "DeliveryAttempted",
+        "LeadSold",
+    ]
+    assert [uuid.UUID(e["event_id"]) for e in body["events"]] == [
+        received.event_id,
+        routed.event_id,
+        attempted.event_id,
+        sold.event_id,
+    ]
+    assert [dt.datetime.fromisoformat(e["occurred_at"]) for e in body["events"]] == [
+        received.occurred_at,
+        routed.occurred_at,
+        attempted.occurred_at,
+        sold.occurred_at,
+    ]
+    topics = [e["topic"].removeprefix(admin.prefix) for e in body["events"]]
+    assert topics == ["lead.received", "lead.routed", "delivery.outcome", "delivery.outcome"]
+    first, second, third, fourth = (e["payload"] for e in body["events"])
+    # The trace keeps clear fields and the names of the PII fields, never the ciphertext.
+    assert "lead" not in first and "lead" not in second
+    assert (first["fields"], first["pii_fields"]) == ({"state": "CA"}, ["email"])
+    assert second["buyer_id"] == str(buyer) and second["price"] == "35.10"
+    assert (third["result"], third["http_status"]) == ("accepted", 200)
+    assert fourth["price"] == "35.10"
+    assert "c2VjcmV0" not in (await trace()).text
+    # No delivery service answers here: the trace says so instead of failing.
+    assert body["deliveries"] == []
+    assert body["deliveries_error"]
+
+    r = await admin.client.get(f"/v1/leads/{uuid.uuid4()}/trace", headers=OPERATOR)
+    assert r.status_code == 404
+    assert r.json()["error"]["code"] == "lead_not_found"

@@ -1,0 +1,504 @@
+"""The ingest gateway in-process against real Kafka and PostgreSQL.
+
+Configuration arrives the way it does in production: ``CampaignConfigured`` and
+``SourceConfigured`` on ``config.changed``. Each test configures its own account,
+campaign and sources, so the tests share one running service but no state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from fastapi import FastAPI
+from lx_devstack.infra import Infra
+from lx_ingest.main import create_service
+from lx_ingest.settings import IngestSettings
+from lx_platform.crypto import open_fields
+from lx_platform.runtime import Runtime
+from lx_schemas import decode_event, derived_id
+from lx_schemas import events as ev
+from lx_schemas.topics import LEAD_RECEIVED, USAGE_INCREMENTED, TopicSpec
+from sqlalchemy import text
+
+from tests.support.kafka import publish, read_records
+from tests.support.services import serving, settings_for
+
+T = TypeVar("T")
+INTERNAL = {"x-lx-internal-token": "dev-internal-token"}
+FIELDS = (
+    ev.FieldSpec(name="email", type=ev.FieldType.EMAIL, required=True, pii=True),
+    ev.FieldSpec(name="phone", type=ev.FieldType.PHONE, required=True, pii=True),
+    ev.FieldSpec(name="first_name", type=ev.FieldType.TEXT, pii=True, max_length=40),
+    ev.FieldSpec(name="state", type=ev.FieldType.US_STATE, required=True),
+    ev.FieldSpec(name="zip", type=ev.FieldType.ZIP),
+    ev.FieldSpec(name="loan_amount", type=ev.FieldType.INTEGER),
+    ev.FieldSpec(name="homeowner", type=ev.FieldType.BOOLEAN),
+)
+LEAD = {
+    "email": "Ada.Lovelace@Example.COM",
+    "phone": "(415) 555-0132",
+    "first_name": "Augusta",
+    "state": "ca",
+    "zip": "94105-1234",
+    "loan_amount": "250000",
+    "homeowner": "yes",
+}
+# What of LEAD must never appear in clear on a topic, in any spelling.
+PLAINTEXT = [b"ada.lovelace", b"Ada.Lovelace", b"4155550132", b"555-0132", b"Augusta"]
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]], *, within: float = 20.0, what: str = "condition"
+) -> T:
+    """Await ``probe()`` until it returns something truthy; fail with the last value."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what} not reached within {within}s (last: {value!r})")
+        await asyncio.sleep(0.1)
+
+
+async def read_to_end(bootstrap: str, topic: str) -> list[ConsumerRecord[Any, Any]]:
+    """Every record of ``topic`` up to its end as of now, from every partition."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await reader.start()
+    try:
+        tps = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+        ends = {tp.partition: end for tp, end in (await reader.end_offsets(tps)).items()}
+    finally:
+        await reader.stop()
+
+    def complete(records: list[ConsumerRecord[Any, Any]]) -> bool:
+        last: dict[int, int] = {}
+        for r in records:
+            last[r.partition] = max(last.get(r.partition, -1), r.offset)
+        return all(last.get(p, -1) >= end - 1 for p, end in ends.items())
+
+    records = await read_records(bootstrap, topic, until=complete)
+    assert complete(records), f"could not read {topic} to its end"
+    return records
+
+
+@dataclass
+class Service:
+    client: httpx.AsyncClient
+    rt: Runtime
+    bootstrap: str
+
+    @property
+    def prefix(self) -> str:
+        return self.rt.settings.kafka.topic_prefix
+
+    async def count(self, table: str) -> int:
+        async with self.rt.db.begin() as conn:
+            return int(await conn.scalar(text(f"select count(*) from {table}")) or 0)
+
+    async def counts(self) -> dict[str, int]:
+        return {t: await self.count(t) for t in ("leads", "lead_keys")}
+
+    async def records(self, spec: TopicSpec, key: uuid.UUID | None = None) -> list[Any]:
+        """The events of a topic up to its end, only those keyed ``key`` if given."""
+        records = await read_to_end(self.bootstrap, spec.qualified(self.prefix))
+        return [decode_event(r.value) for r in records if key is None or r.key == str(key).encode()]
+
+
+@contextlib.asynccontextmanager
+async def hosted(app: FastAPI) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
+    """``serving`` run inside one background task, so that a module fixture's setup and
+    teardown (which pytest runs in different tasks) enter and leave it in the same task."""
+    ready: asyncio.Future[tuple[httpx.AsyncClient, Runtime]] = asyncio.Future()
+    stop = asyncio.Event()
+
+    async def hold() -> None:
+        try:
+            async with serving(app) as running:
+                ready.set_result(running)
+                await stop.wait()
+        except BaseException as exc:
+            if not ready.done():
+                ready.set_exception(exc)
+            raise
+
+    task = asyncio.create_task(hold())
+    try:
+        yield await ready
+    finally:
+        stop.set()
+        await task
+
+
+@pytest.fixture(scope="module")
+async def ingest(infra: Infra, isolation: str) -> AsyncIterator[Service]:
+    settings = settings_for(IngestSettings, infra, isolation, "ingest")
+    async with hosted(create_service(settings)) as (client, rt):
+        yield Service(client, rt, infra.kafka_bootstrap)
+
+
+@dataclass(frozen=True)
+class Source:
+    account_id: uuid.UUID
+    campaign_id: uuid.UUID
+    source_id: uuid.UUID
+    api_key: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.api_key}"}
+
+
+def campaign_configured(
+    account_id: uuid.UUID, campaign_id: uuid.UUID, status: ev.Status = ev.Status.ACTIVE
+) -> ev.CampaignConfigured:
+    return ev.CampaignConfigured.new(
+        account_id=account_id,
+        correlation_id=campaign_id,
+        producer="test",
+        payload=ev.CampaignState(
+            campaign_id=campaign_id,
+            account_id=account_id,
+            name="Mortgage",
+            vertical="mortgage",
+            status=status,
+            fields=FIELDS,
+        ),
+    )
+
+
+def source_configured(src: Source, status: ev.Status = ev.Status.ACTIVE) -> ev.SourceConfigured:
+    return ev.SourceConfigured.new(
+        account_id=src.account_id,
+        correlation_id=src.source_id,
+        producer="test",
+        payload=ev.SourceState(
+            source_id=src.source_id,
+            account_id=src.account_id,
+            campaign_id=src.campaign_id,
+            name="Affiliate",
+            status=status,
+            api_key_prefix=src.api_key[:11],
+            api_key_sha256=hashlib.sha256(src.api_key.encode()).hexdigest(),
+            payout=Decimal("12.00"),
+        ),
+    )
+
+
+async def key_is_known(svc: Service, src: Source) -> None:
+    """Ingest knows a key once a status lookup answers 404 (no such lead) instead of 401."""
+
+    async def known() -> bool:
+        r = await svc.client.get(f"/v1/leads/{uuid.uuid4()}", headers=src.auth)
+        return r.status_code == 404
+
+    await eventually(known, what="ingest accepting the source's key")
+
+
+async def configure(
+    svc: Service,
+    *,
+    campaign_status: ev.Status = ev.Status.ACTIVE,
+    source_status: ev.Status = ev.Status.ACTIVE,
+    sources: int = 1,
+) -> list[Source]:
+    """Publish a campaign and its sources on config.changed; return once ingest knows them."""
+    account_id, campaign_id = uuid.uuid4(), uuid.uuid4()
+    made = [
+        Source(account_id, campaign_id, uuid.uuid4(), f"lxsk_{secrets.token_urlsafe(32)}")
+        for _ in range(sources)
+    ]
+    await publish(
+        svc.bootstrap,
+        svc.prefix,
+        [
+            (campaign_configured(account_id, campaign_id, campaign_status), campaign_id),
+            *((source_configured(s, source_status), s.source_id) for s in made),
+        ],
+    )
+    for src in made:
+        await key_is_known(svc, src)
+    return made
+
+
+# --- tests ----------------------------------------------------------------------------------
+
+
+async def test_a_valid_lead_is_in_kafka_with_its_pii_sealed_and_its_usage_counted(
+    ingest: Service,
+) -> None:
+    src, other = await configure(ingest, sources=2)
+
+    r = await ingest.client.post("/v1/leads", json=LEAD, headers=src.auth)
+
+    assert r.status_code == 202, r.text
+    body = r.json()
+    lead_id = uuid.UUID(body["lead_id"])
+    assert body["status"] == "received"
+
+    # lead.received: exactly one record, keyed by the lead id, no PII in clear anywhere.
+    topic = LEAD_RECEIVED.qualified(ingest.prefix)
+    records = await read_to_end(ingest.bootstrap, topic)
+    mine = [r for r in records if r.key == str(lead_id).encode()]
+    assert len(mine) == 1
+    raw = mine[0].value
+    for plain in PLAINTEXT:
+        assert plain not in raw, f"{plain!r} travels in clear on lead.received"
+    assert {k: v.decode() for k, v in mine[0].headers}["lx-event-type"] == "LeadReceived"
+    received = decode_event(raw)
+    assert isinstance(received, ev.LeadReceived)
+    assert received.event_id == derived_id("lead.received", lead_id)
+    assert received.account_id == src.account_id
+    assert received.correlation_id == lead_id
+    p = received.payload
+    assert (p.lead_id, p.campaign_id, p.source_id) == (lead_id, src.campaign_id, src.source_id)
+    assert p.lead.fields == {
+        "state": "CA",
+        "zip": "94105",
+        "loan_amount": 250000,
+        "homeowner": True,
+    }
+    sealed = p.lead.pii
+    assert sealed is not None
+    assert sealed.field_names == ("email", "first_name", "phone")
+
+    # The PII opens with the lead's own key from the vault, and only for internal callers.
+    url = f"/internal/v1/lead-keys/{sealed.key_id}"
+    assert (await ingest.client.get(url)).status_code == 401
+    assert (
+        await ingest.client.get(url, headers={"x-lx-internal-token": "wrong"})
+    ).status_code == 401
+    key = await ingest.client.get(url, headers=INTERNAL)
+    assert key.status_code == 200, key.text
+    data_key = base64.b64decode(key.json()["data_key"])
+    assert open_fields(data_key, sealed) == {
+        "email": "ada.lovelace@example.com",
+        "phone": "+14155550132",
+        "first_name": "Augusta",
+    }
+
+    # usage.incremented: one leads_received for this lead, keyed by the account.
+    usage = await ingest.records(USAGE_INCREMENTED, key=src.account_id)
+    assert len(usage) == 1
+    (used,) = usage
+    assert isinstance(used, ev.UsageIncremented)
+    assert used.payload == ev.UsageIncrementedPayload(
+        metric=ev.UsageMetric.LEADS_RECEIVED, quantity=1, subject_id=lead_id
+    )
+    assert (used.account_id, used.causation_id) == (src.account_id, received.event_id)
+
+    # The source sees its lead; another source of the same campaign does not.
+    status = await ingest.client.get(f"/v1/leads/{lead_id}", headers=src.auth)
+    assert status.status_code == 200
+    assert status.json()["status"] == "received"
+    assert status.json()["lead_id"] == str(lead_id)
+    hidden = await ingest.client.get(f"/v1/leads/{lead_id}", headers=other.auth)
+    assert hidden.status_code == 404
+    assert hidden.json()["error"]["code"] == "lead_not_found"
+    assert (await ingest.client.get(f"/v1/leads/{lead_id}")).status_code == 401
+
+
+async def _chunks(data: bytes, size: int = 1024) -> AsyncIterator[bytes]:
+    """A body sent chunked, without a Content-Length to check up front."""
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+async def test_every_rejected_request_gets_a_4xx_reason_and_writes_nothing(
+    ingest: Service,
+) -> None:
+    (src,) = await configure(ingest)
+    limit = ingest.rt.settings.max_body_bytes  # type: ignore[attr-defined]
+    huge = json.dumps({**LEAD, "first_name": "x" * limit}).encode()
+    json_headers = {**src.auth, "content-type": "application/json"}
+    before = await ingest.counts()
+
+    cases: list[tuple[str, dict[str, Any], int, str]] = [
+        ("no key", {"json": LEAD}, 401, "invalid_api_key"),
+        (
+            "unknown key",
+            {"json": LEAD, "headers": {"x-api-key": "lxsk_unknown"}},
+            401,
+            "invalid_api_key",
+        ),
+        (
+            "malformed JSON",
+            {"content": b'{"email": ', "headers": json_headers},
+            400,
+            "malformed_json",
+        ),
+        ("empty body", {"content": b"", "headers": json_headers}, 400, "malformed_json"),
+        (
+            "not UTF-8",
+            {"content": b'{"state": "\xff"}', "headers": json_headers},
+            400,
+            "malformed_json",
+        ),
+        ("JSON array", {"json": [LEAD], "headers": src.auth}, 400, "malformed_json"),
+        ("JSON string", {"json": "a lead", "headers": src.auth}, 400, "malformed_json"),
+        ("oversized body", {"content": huge, "headers": json_headers}, 413, "payload_too_large"),
+        (
+            "oversized body, no length declared",
+            {"content": _chunks(huge), "headers": json_headers},
+            413,
+            "payload_too_large",
+        ),
+    ]
+    for name, request, status, code in cases:
+        r = await ingest.client.post("/v1/leads", **request)
+        assert r.status_code == status, f"{name}: {r.status_code} {r.text}"
+        assert r.json()["error"]["code"] == code, f"{name}: {r.text}"
+
+    # Invalid fields: every one is named with its code, in one answer.
+    bad = {
+        "email": "not-an-email",
+        "phone": "123",
+        "state": "XX",
+        "zip": "9410",
+        "loan_amount": "12.5",
+        "homeowner": "maybe",
+        "first_name": "y" * 41,
+        "colour": "red",
+    }
+    r = await ingest.client.post("/v1/leads", json=bad, headers=src.auth)
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["code"] == "invalid_fields"
+    assert {(e["field"], e["code"]) for e in error["errors"]} == {
+        ("email", "invalid_email"),
+        ("phone", "invalid_phone"),
+        ("state", "invalid_state"),
+        ("zip", "invalid_zip"),
+        ("loan_amount", "wrong_type"),
+        ("homeowner", "wrong_type"),
+        ("first_name", "too_long"),
+        ("colour", "unknown_field"),
+    }
+    assert all(e["detail"] for e in error["errors"])
+    r = await ingest.client.post("/v1/leads", json={"zip": "94105", "email": " "}, headers=src.auth)
+    assert r.status_code == 422, r.text
+    assert [(e["field"], e["code"]) for e in r.json()["error"]["errors"]] == [
+        ("email", "required"),
+        ("phone", "required"),
+        ("state", "required"),
+    ]
+
+    assert await ingest.counts() == before
+
+    # Nothing reached Kafka either: once a later good lead is there, it is the only one.
+    ok = await ingest.client.post("/v1/leads", json=LEAD, headers=src.auth)
+    assert ok.status_code == 202, ok.text
+    marker = uuid.UUID(ok.json()["lead_id"])
+    received = [e for e in await ingest.records(LEAD_RECEIVED) if e.account_id == src.account_id]
+    assert [e.payload.lead_id for e in received] == [marker]
+    usage = await ingest.records(USAGE_INCREMENTED, key=src.account_id)
+    assert [u.payload.subject_id for u in usage] == [marker]
+    assert await ingest.counts() == {k: v + 1 for k, v in before.items()}
+
+
+async def test_a_paused_source_or_campaign_is_refused_with_403_and_nothing_written(
+    ingest: Service,
+) -> None:
+    (paused_source,) = await configure(ingest, source_status=ev.Status.PAUSED)
+    (paused_campaign,) = await configure(ingest, campaign_status=ev.Status.PAUSED)
+    (active,) = await configure(ingest)
+    before = await ingest.counts()
+
+    r = await ingest.client.post("/v1/leads", json=LEAD, headers=paused_source.auth)
+    assert r.status_code == 403, r.text
+    assert r.json()["error"]["code"] == "source_paused"
+    r = await ingest.client.post("/v1/leads", json=LEAD, headers=paused_campaign.auth)
+    assert r.status_code == 403, r.text
+    assert r.json()["error"]["code"] == "campaign_paused"
+    assert await ingest.counts() == before
+
+    # Pausing a source that was taking leads takes effect from its next config event.
+    assert (
+        await ingest.client.post("/v1/leads", json=LEAD, headers=active.auth)
+    ).status_code == 202
+    await publish(
+        ingest.bootstrap,
+        ingest.prefix,
+        [(source_configured(active, ev.Status.PAUSED), active.source_id)],
+    )
+
+    async def paused() -> bool:
+        async with ingest.rt.db.begin() as conn:
+            status = await conn.scalar(
+                text("select status from sources where source_id = :s"), {"s": active.source_id}
+            )
+        return status == "paused"
+
+    await eventually(paused, what="the source paused in ingest")
+    r = await ingest.client.post("/v1/leads", json=LEAD, headers=active.auth)
+    assert r.status_code == 403, r.text
+    assert r.json()["error"]["code"] == "source_paused"
+    assert await ingest.counts() == {k: v + 1 for k, v in before.items()}
+
+
+async def test_a_lead_status_follows_its_outcome_on_delivery_outcome(ingest: Service) -> None:
+    (src,) = await configure(ingest)
+    ids = []
+    for _ in range(2):
+        r = await ingest.client.post("/v1/leads", json=LEAD, headers=src.auth)
+        assert r.status_code == 202, r.text
+        ids.append(uuid.UUID(r.json()["lead_id"]))
+    sold_id, unsold_id = ids
+    ref = {"campaign_id": src.campaign_id, "source_id": src.source_id}
+    env = {"account_id": src.account_id, "producer": "test"}
+    sold = ev.LeadSold.new(
+        **env,
+        correlation_id=sold_id,
+        payload=ev.LeadSoldPayload(
+            lead_id=sold_id,
+            **ref,
+            buyer_id=uuid.uuid4(),
+            delivery_id=uuid.uuid4(),
+            price=Decimal("31.40"),
+        ),
+    )
+    unsold = ev.LeadUnsold.new(
+        **env,
+        correlation_id=unsold_id,
+        payload=ev.LeadUnsoldPayload(
+            lead_id=unsold_id, **ref, reason=ev.ExhaustionReason.ALL_BUYERS_DECLINED
+        ),
+    )
+    await publish(ingest.bootstrap, ingest.prefix, [(sold, sold_id), (unsold, unsold_id)])
+
+    async def status_of(lead_id: uuid.UUID, wanted: str) -> dict[str, Any] | None:
+        r = await ingest.client.get(f"/v1/leads/{lead_id}", headers=src.auth)
+        assert r.status_code == 200, r.text
+        return r.json() if r.json()["status"] == wanted else None
+
+    got = await eventually(lambda: status_of(sold_id, "sold"), what="lead sold")
+    assert got["reason"] is None
+    assert got["outcome_at"] is not None
+    assert dt.datetime.fromisoformat(got["outcome_at"]) == sold.occurred_at
+    got = await eventually(lambda: status_of(unsold_id, "unsold"), what="lead unsold")
+    assert got["reason"] == "all_buyers_declined"
+    assert dt.datetime.fromisoformat(got["outcome_at"]) == unsold.occurred_at
