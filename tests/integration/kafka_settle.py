@@ -38,9 +38,11 @@ async def publish(
         positions = []
         for event, key in events:
             meta = await producer.send_and_wait(
-                topic_for(type(event)).qualified(prefix), event.to_json(), key=encode_key(key),
+                topic_for(type(event)).qualified(prefix),
+                event.to_json(),
+                key=encode_key(key),
                 headers=[(k, v.encode()) for k, v in event.headers().items()],
-            )  # fmt: skip
+            )
             positions.append((meta.topic, meta.partition, meta.offset))
         return positions
     finally:

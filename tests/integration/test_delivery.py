@@ -46,8 +46,12 @@ from tests.support.services import serving, settings_for
 ACCOUNT = uuid.uuid4()
 SOURCE = uuid.uuid4()
 INTERNAL = {"x-lx-internal-token": "dev-internal-token"}
-FIELDS: dict[str, ev.FieldValue] = {"state": "CA", "zip": "94105", "loan_amount": 250000,
-                                    "homeowner": True}  # fmt: skip
+FIELDS: dict[str, ev.FieldValue] = {
+    "state": "CA",
+    "zip": "94105",
+    "loan_amount": 250000,
+    "homeowner": True,
+}
 R = ev.DeliveryResult
 
 
@@ -117,8 +121,12 @@ class Offer:
 
     def buyer_body(self) -> dict[str, Any]:
         """What the buyer must receive: the lead with its PII opened."""
-        return {"lead_id": str(self.lead_id), "delivery_id": str(self.delivery_id), **FIELDS,
-                **self.pii}  # fmt: skip
+        return {
+            "lead_id": str(self.lead_id),
+            "delivery_id": str(self.delivery_id),
+            **FIELDS,
+            **self.pii,
+        }
 
 
 @dataclass
@@ -145,10 +153,15 @@ class Stack:
     ) -> ev.BuyerState:
         name = f"{mode}-{uuid.uuid4().hex[:8]}"
         state = ev.BuyerState(
-            buyer_id=uuid.uuid4(), account_id=ACCOUNT, campaign_id=uuid.uuid4(), name=name,
-            endpoint_url=f"{self.buyer_url}/{under}/{name}/{mode}", price=Decimal("35.00"),
-            priority=1, timeout_ms=timeout_ms,
-        )  # fmt: skip
+            buyer_id=uuid.uuid4(),
+            account_id=ACCOUNT,
+            campaign_id=uuid.uuid4(),
+            name=name,
+            endpoint_url=f"{self.buyer_url}/{under}/{name}/{mode}",
+            price=Decimal("35.00"),
+            priority=1,
+            timeout_ms=timeout_ms,
+        )
         configured = ev.BuyerConfigured.new(
             account_id=ACCOUNT, correlation_id=state.buyer_id, producer="test", payload=state
         )
@@ -160,18 +173,26 @@ class Stack:
         lead_id, key_id, data_key = uuid.uuid4(), uuid.uuid4(), new_data_key()
         if with_key:
             self.vault.keys[str(key_id)] = data_key
-        pii = {"email": f"ann.{secrets.token_hex(4)}@example.com", "phone": "4155550132",
-               "first_name": "Augusta"}  # fmt: skip
+        pii = {
+            "email": f"ann.{secrets.token_hex(4)}@example.com",
+            "phone": "4155550132",
+            "first_name": "Augusta",
+        }
         routed = ev.LeadRouted.new(
-            account_id=ACCOUNT, correlation_id=lead_id, producer="test",
+            account_id=ACCOUNT,
+            correlation_id=lead_id,
+            producer="test",
             payload=ev.LeadRoutedPayload(
-                lead_id=lead_id, campaign_id=buyer.campaign_id, source_id=SOURCE,
-                buyer_id=buyer.buyer_id, attempt=1,
+                lead_id=lead_id,
+                campaign_id=buyer.campaign_id,
+                source_id=SOURCE,
+                buyer_id=buyer.buyer_id,
+                attempt=1,
                 delivery_id=derived_id("delivery", lead_id, buyer.buyer_id, 1),
                 price=buyer.price,
                 lead=ev.LeadContent(fields=FIELDS, pii=seal_fields(data_key, key_id, pii)),
             ),
-        )  # fmt: skip
+        )
         return Offer(routed, pii)
 
     async def settled(self, offer: Offer) -> None:
@@ -200,8 +221,9 @@ class Stack:
     async def received(self, buyer: ev.BuyerState) -> list[dict[str, Any]]:
         """What the fake buyer got, in arrival order."""
         async with httpx.AsyncClient() as client:
-            answer = await client.get(f"{self.buyer_url}/received",
-                                      params={"buyer": buyer.name, "full": "1"})  # fmt: skip
+            answer = await client.get(
+                f"{self.buyer_url}/received", params={"buyer": buyer.name, "full": "1"}
+            )
         answer.raise_for_status()
         rows: list[dict[str, Any]] = answer.json()
         return rows
@@ -209,9 +231,12 @@ class Stack:
     async def jobs(self, lead_id: uuid.UUID) -> list[tuple[uuid.UUID, str, int, str | None]]:
         async with self.rt.db.begin() as conn:
             rows = await conn.execute(
-                text("select delivery_id, status, tries, result from deliveries"
-                     " where lead_id = :l order by attempt"), {"l": lead_id},
-            )  # fmt: skip
+                text(
+                    "select delivery_id, status, tries, result from deliveries"
+                    " where lead_id = :l order by attempt"
+                ),
+                {"l": lead_id},
+            )
             return [(r.delivery_id, r.status, r.tries, r.result) for r in rows]
 
     async def trace(self, lead_id: uuid.UUID) -> list[dict[str, Any]]:
@@ -226,18 +251,27 @@ class Stack:
 @pytest.fixture(scope="module")
 async def stack(infra: Infra, isolation: str) -> AsyncIterator[Stack]:
     vault, trickler = Vault(), Trickler()
-    buyers = Starlette(routes=[Route("/trickle/{name}/{mode}", trickler.post, methods=["POST"]),
-                               Mount("/", create_buyer_app())])  # fmt: skip
+    buyers = Starlette(
+        routes=[
+            Route("/trickle/{name}/{mode}", trickler.post, methods=["POST"]),
+            Mount("/", create_buyer_app()),
+        ]
+    )
     with ThreadedServer(vault.app()) as vault_server, ThreadedServer(buyers) as buyer:
         settings = settings_for(
-            DeliverySettings, infra, isolation, "delivery",
-            platform=PlatformSettings(ingest_url=vault_server.url), max_tries=2,
+            DeliverySettings,
+            infra,
+            isolation,
+            "delivery",
+            platform=PlatformSettings(ingest_url=vault_server.url),
+            max_tries=2,
             retry_base_s=0.05,
-        )  # fmt: skip
+        )
         try:
             async with serving(create_service(settings)) as (client, rt):
-                yield Stack(infra, client, rt, settings.kafka.topic_prefix, vault, buyer.url,
-                            trickler)  # fmt: skip
+                yield Stack(
+                    infra, client, rt, settings.kafka.topic_prefix, vault, buyer.url, trickler
+                )
                 assert [c.dead_lettered for c in rt.consumers] == [0]
         finally:
             # "hang" and trickling requests do not end by themselves: do not wait for them.
@@ -250,8 +284,14 @@ async def stack(infra: Infra, isolation: str) -> AsyncIterator[Stack]:
 def attempted(offer: Offer, **expected: Any) -> dict[str, Any]:
     """A DeliveryAttempted payload as a dict: the offer's identity plus ``expected``."""
     p = offer.routed.payload
-    identity = {"lead_id": p.lead_id, "campaign_id": p.campaign_id, "source_id": p.source_id,
-                "buyer_id": p.buyer_id, "delivery_id": p.delivery_id, "attempt": 1}  # fmt: skip
+    identity = {
+        "lead_id": p.lead_id,
+        "campaign_id": p.campaign_id,
+        "source_id": p.source_id,
+        "buyer_id": p.buyer_id,
+        "delivery_id": p.delivery_id,
+        "attempt": 1,
+    }
     return {**identity, **expected}
 
 
@@ -274,12 +314,30 @@ async def test_accepted_lead_reaches_the_buyer_decrypted_and_is_sold_once(stack:
 
     outcomes = await stack.outcomes(offer.lead_id)
     assert payloads(outcomes) == [
-        ("DeliveryAttempted", attempted(offer, try_number=1, final=True, result=R.ACCEPTED,
-                                        http_status=200, reason=None, price=Decimal("35.00"))),
-        ("LeadSold", {"lead_id": offer.lead_id, "campaign_id": buyer.campaign_id,
-                      "source_id": SOURCE, "buyer_id": buyer.buyer_id,
-                      "delivery_id": offer.delivery_id, "price": Decimal("35.00")}),
-    ]  # fmt: skip
+        (
+            "DeliveryAttempted",
+            attempted(
+                offer,
+                try_number=1,
+                final=True,
+                result=R.ACCEPTED,
+                http_status=200,
+                reason=None,
+                price=Decimal("35.00"),
+            ),
+        ),
+        (
+            "LeadSold",
+            {
+                "lead_id": offer.lead_id,
+                "campaign_id": buyer.campaign_id,
+                "source_id": SOURCE,
+                "buyer_id": buyer.buyer_id,
+                "delivery_id": offer.delivery_id,
+                "price": Decimal("35.00"),
+            },
+        ),
+    ]
     tried, sold = outcomes
     assert tried.event_id == derived_id("delivery.attempted", offer.delivery_id, 1)
     assert sold.event_id == derived_id("lead.sold", offer.lead_id)
@@ -315,15 +373,24 @@ async def test_accepted_lead_reaches_the_buyer_decrypted_and_is_sold_once(stack:
 
     # ... and the lead trace opens it for operators.
     (delivery,) = await stack.trace(offer.lead_id)
-    summary = {k: delivery[k] for k in ("delivery_id", "buyer_id", "attempt", "price", "status",
-                                        "result")}  # fmt: skip
+    summary = {
+        k: delivery[k] for k in ("delivery_id", "buyer_id", "attempt", "price", "status", "result")
+    }
     assert summary == {
-        "delivery_id": str(offer.delivery_id), "buyer_id": str(buyer.buyer_id), "attempt": 1,
-        "price": "35.00", "status": "done", "result": "accepted",
-    }  # fmt: skip
+        "delivery_id": str(offer.delivery_id),
+        "buyer_id": str(buyer.buyer_id),
+        "attempt": 1,
+        "price": "35.00",
+        "status": "done",
+        "result": "accepted",
+    }
     (tried_row,) = delivery["tries"]
-    assert (tried_row["try_number"], tried_row["result"], tried_row["http_status"],
-            tried_row["reason"]) == (1, "accepted", 200, None)  # fmt: skip
+    assert (
+        tried_row["try_number"],
+        tried_row["result"],
+        tried_row["http_status"],
+        tried_row["reason"],
+    ) == (1, "accepted", 200, None)
     request = tried_row["request"]
     assert (request["method"], request["url"]) == ("POST", str(buyer.endpoint_url))
     assert request["headers"]["X-LeadExchange-Delivery-Id"] == str(offer.delivery_id)
@@ -346,10 +413,19 @@ async def test_rejected_lead_is_reported_with_the_buyers_reason_and_not_sold(
 
     assert [p["delivery_id"] for p in await stack.received(buyer)] == [str(offer.delivery_id)]
     assert payloads(await stack.outcomes(offer.lead_id)) == [
-        ("DeliveryAttempted", attempted(offer, try_number=1, final=True, result=R.REJECTED,
-                                        http_status=200, reason="not buying this one",
-                                        price=None)),
-    ]  # fmt: skip
+        (
+            "DeliveryAttempted",
+            attempted(
+                offer,
+                try_number=1,
+                final=True,
+                result=R.REJECTED,
+                http_status=200,
+                reason="not buying this one",
+                price=None,
+            ),
+        ),
+    ]
     assert await stack.usage(offer.lead_id) == []
     assert await stack.jobs(offer.lead_id) == [(offer.delivery_id, "done", 1, "rejected")]
 
@@ -367,14 +443,42 @@ async def test_flaky_buyer_is_retried_with_the_same_delivery_id_until_it_accepts
     assert [p["lead"] for p in posts] == [offer.buyer_body()] * 2
     outcomes = await stack.outcomes(offer.lead_id)
     assert payloads(outcomes) == [
-        ("DeliveryAttempted", attempted(offer, try_number=1, final=False, result=R.ERROR,
-                                        http_status=503, reason="http_503", price=None)),
-        ("DeliveryAttempted", attempted(offer, try_number=2, final=True, result=R.ACCEPTED,
-                                        http_status=200, reason=None, price=Decimal("35.00"))),
-        ("LeadSold", {"lead_id": offer.lead_id, "campaign_id": buyer.campaign_id,
-                      "source_id": SOURCE, "buyer_id": buyer.buyer_id,
-                      "delivery_id": offer.delivery_id, "price": Decimal("35.00")}),
-    ]  # fmt: skip
+        (
+            "DeliveryAttempted",
+            attempted(
+                offer,
+                try_number=1,
+                final=False,
+                result=R.ERROR,
+                http_status=503,
+                reason="http_503",
+                price=None,
+            ),
+        ),
+        (
+            "DeliveryAttempted",
+            attempted(
+                offer,
+                try_number=2,
+                final=True,
+                result=R.ACCEPTED,
+                http_status=200,
+                reason=None,
+                price=Decimal("35.00"),
+            ),
+        ),
+        (
+            "LeadSold",
+            {
+                "lead_id": offer.lead_id,
+                "campaign_id": buyer.campaign_id,
+                "source_id": SOURCE,
+                "buyer_id": buyer.buyer_id,
+                "delivery_id": offer.delivery_id,
+                "price": Decimal("35.00"),
+            },
+        ),
+    ]
     assert len(await stack.usage(offer.lead_id)) == 1
     assert await stack.jobs(offer.lead_id) == [(offer.delivery_id, "done", 2, "accepted")]
     (delivery,) = await stack.trace(offer.lead_id)
@@ -398,14 +502,31 @@ async def test_hanging_buyer_is_an_unknown_outcome_retried_with_the_same_id_then
     assert [p["delivery_id"] for p in await stack.received(buyer)] == [str(offer.delivery_id)] * 2
     outcomes = await stack.outcomes(offer.lead_id)
     assert payloads(outcomes) == [
-        ("DeliveryAttempted", attempted(offer, try_number=1, final=False,
-                                        result=R.OUTCOME_UNKNOWN, http_status=None,
-                                        reason="deadline_exceeded", price=None)),
-        ("DeliveryAttempted", attempted(offer, try_number=2, final=True, result=R.ERROR,
-                                        http_status=None,
-                                        reason="outcome_unknown_unresolved: deadline_exceeded",
-                                        price=None)),
-    ]  # fmt: skip
+        (
+            "DeliveryAttempted",
+            attempted(
+                offer,
+                try_number=1,
+                final=False,
+                result=R.OUTCOME_UNKNOWN,
+                http_status=None,
+                reason="deadline_exceeded",
+                price=None,
+            ),
+        ),
+        (
+            "DeliveryAttempted",
+            attempted(
+                offer,
+                try_number=2,
+                final=True,
+                result=R.ERROR,
+                http_status=None,
+                reason="outcome_unknown_unresolved: deadline_exceeded",
+                price=None,
+            ),
+        ),
+    ]
     # Each try waited out the buyer's timeout (it did not fail fast) and no longer.
     assert [250 < e.payload.latency_ms < 2_000 for e in outcomes] == [True, True]
     assert await stack.jobs(offer.lead_id) == [(offer.delivery_id, "done", 2, "error")]
@@ -428,14 +549,31 @@ async def test_buyer_trickling_its_answer_is_cut_off_at_its_timeout(stack: Stack
     ] * 2
     outcomes = await stack.outcomes(offer.lead_id)
     assert payloads(outcomes) == [
-        ("DeliveryAttempted", attempted(offer, try_number=1, final=False,
-                                        result=R.OUTCOME_UNKNOWN, http_status=200,
-                                        reason="deadline_exceeded", price=None)),
-        ("DeliveryAttempted", attempted(offer, try_number=2, final=True, result=R.ERROR,
-                                        http_status=200,
-                                        reason="outcome_unknown_unresolved: deadline_exceeded",
-                                        price=None)),
-    ]  # fmt: skip
+        (
+            "DeliveryAttempted",
+            attempted(
+                offer,
+                try_number=1,
+                final=False,
+                result=R.OUTCOME_UNKNOWN,
+                http_status=200,
+                reason="deadline_exceeded",
+                price=None,
+            ),
+        ),
+        (
+            "DeliveryAttempted",
+            attempted(
+                offer,
+                try_number=2,
+                final=True,
+                result=R.ERROR,
+                http_status=200,
+                reason="outcome_unknown_unresolved: deadline_exceeded",
+                price=None,
+            ),
+        ),
+    ]
     # Each try ends at the buyer's timeout, not when the 5 s drip would have ended.
     assert [e.payload.latency_ms < 2_000 for e in outcomes] == [True, True]
     assert await stack.jobs(offer.lead_id) == [(offer.delivery_id, "done", 2, "error")]
@@ -446,9 +584,10 @@ async def test_duplicated_routing_decision_is_delivered_once(stack: Stack) -> No
     offer = stack.offer(buyer)
     # Redelivered by Kafka (same event id), and replayed under a new event id.
     await stack.send(
-        (offer.routed, offer.lead_id), (offer.routed, offer.lead_id),
+        (offer.routed, offer.lead_id),
+        (offer.routed, offer.lead_id),
         (republished(offer.routed), offer.lead_id),
-    )  # fmt: skip
+    )
     await stack.settled(offer)
 
     assert len(await stack.received(buyer)) == 1
@@ -463,20 +602,32 @@ async def test_duplicated_routing_decision_is_delivered_once(stack: Stack) -> No
 async def test_exhausted_routing_makes_the_lead_unsold_exactly_once(stack: Stack) -> None:
     lead_id, campaign = uuid.uuid4(), uuid.uuid4()
     exhausted = ev.LeadRoutingExhausted.new(
-        account_id=ACCOUNT, correlation_id=lead_id, producer="test",
+        account_id=ACCOUNT,
+        correlation_id=lead_id,
+        producer="test",
         payload=ev.LeadRoutingExhaustedPayload(
-            lead_id=lead_id, campaign_id=campaign, source_id=SOURCE,
-            reason=ev.ExhaustionReason.ALL_BUYERS_DECLINED, attempts=2,
+            lead_id=lead_id,
+            campaign_id=campaign,
+            source_id=SOURCE,
+            reason=ev.ExhaustionReason.ALL_BUYERS_DECLINED,
+            attempts=2,
         ),
-    )  # fmt: skip
+    )
     await stack.send((exhausted, lead_id), (exhausted, lead_id), (republished(exhausted), lead_id))
     await wait_relayed(stack.rt)
 
     outcomes = await stack.outcomes(lead_id)
     assert payloads(outcomes) == [
-        ("LeadUnsold", {"lead_id": lead_id, "campaign_id": campaign, "source_id": SOURCE,
-                        "reason": ev.ExhaustionReason.ALL_BUYERS_DECLINED}),
-    ]  # fmt: skip
+        (
+            "LeadUnsold",
+            {
+                "lead_id": lead_id,
+                "campaign_id": campaign,
+                "source_id": SOURCE,
+                "reason": ev.ExhaustionReason.ALL_BUYERS_DECLINED,
+            },
+        ),
+    ]
     assert outcomes[0].event_id == derived_id("lead.unsold", lead_id)
     assert outcomes[0].causation_id == exhausted.event_id
     assert await stack.jobs(lead_id) == []
@@ -491,9 +642,19 @@ async def test_shredded_key_fails_the_delivery_and_sends_nothing(stack: Stack) -
     assert (str(offer.key_id), "dev-internal-token") in stack.vault.asked
     assert await stack.received(buyer) == []
     assert payloads(await stack.outcomes(offer.lead_id)) == [
-        ("DeliveryAttempted", attempted(offer, try_number=1, final=True, result=R.ERROR,
-                                        http_status=None, reason="pii_shredded", price=None)),
-    ]  # fmt: skip
+        (
+            "DeliveryAttempted",
+            attempted(
+                offer,
+                try_number=1,
+                final=True,
+                result=R.ERROR,
+                http_status=None,
+                reason="pii_shredded",
+                price=None,
+            ),
+        ),
+    ]
     assert await stack.jobs(offer.lead_id) == [(offer.delivery_id, "done", 1, "error")]
     (delivery,) = await stack.trace(offer.lead_id)
     assert [(t["result"], t["reason"], t["request"], t["response"]) for t in delivery["tries"]] == [

@@ -8,16 +8,16 @@ import uuid
 from collections.abc import Sequence
 
 import psycopg
-from pydantic_settings import SettingsConfigDict
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from lx_devstack.infra import Infra
 from lx_platform.consumer import Consumed
 from lx_platform.runtime import build_runtime, start_runtime, stop_runtime
 from lx_platform.settings import ServiceSettings
 from lx_schemas import events as ev
 from lx_schemas.topics import USAGE_INCREMENTED
+from pydantic_settings import SettingsConfigDict
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from tests.support.kafka import publish, publish_raw, read_records
 from tests.support.services import settings_for
 
@@ -32,9 +32,13 @@ class ProbeSettings(ServiceSettings):
 
 def usage(subject: uuid.UUID) -> ev.UsageIncremented:
     return ev.UsageIncremented.new(
-        account_id=ACCOUNT, correlation_id=subject, producer="test",
-        payload=ev.UsageIncrementedPayload(metric=ev.UsageMetric.LEADS_RECEIVED, subject_id=subject),
-    )  # fmt: skip
+        account_id=ACCOUNT,
+        correlation_id=subject,
+        producer="test",
+        payload=ev.UsageIncrementedPayload(
+            metric=ev.UsageMetric.LEADS_RECEIVED, subject_id=subject
+        ),
+    )
 
 
 class Probe:
@@ -63,7 +67,7 @@ async def _effects(rt_db: object) -> list[uuid.UUID]:
         return list(await conn.scalars(text("select event_id from effects order by event_id")))
 
 
-async def _wait(predicate: object, timeout: float = 30.0) -> None:
+async def _wait(predicate: object, timeout: float = 30.0) -> None:  # noqa: ASYNC109
     deadline = asyncio.get_running_loop().time() + timeout
     while not await predicate():  # type: ignore[operator]
         if asyncio.get_running_loop().time() > deadline:
@@ -89,11 +93,17 @@ async def test_each_effect_happens_once_and_poison_is_dead_lettered(
         await conn.exec_driver_sql("create table if not exists effects (event_id uuid not null)")
     good = [usage(uuid.uuid4()) for _ in range(3)]
     poison, flaky = usage(POISON), usage(FLAKY)
-    await publish(infra.kafka_bootstrap, settings.kafka.topic_prefix,
-                  [(good[0], ACCOUNT), (good[1], ACCOUNT), (good[0], ACCOUNT)])  # fmt: skip
+    await publish(
+        infra.kafka_bootstrap,
+        settings.kafka.topic_prefix,
+        [(good[0], ACCOUNT), (good[1], ACCOUNT), (good[0], ACCOUNT)],
+    )
     await publish_raw(infra.kafka_bootstrap, topic, b"\x00 not an event", key=b"junk")
-    await publish(infra.kafka_bootstrap, settings.kafka.topic_prefix,
-                  [(poison, ACCOUNT), (flaky, ACCOUNT), (good[2], ACCOUNT)])  # fmt: skip
+    await publish(
+        infra.kafka_bootstrap,
+        settings.kafka.topic_prefix,
+        [(poison, ACCOUNT), (flaky, ACCOUNT), (good[2], ACCOUNT)],
+    )
 
     expected = sorted([good[0].event_id, good[1].event_id, good[2].event_id, flaky.event_id])
 
@@ -115,8 +125,9 @@ async def test_each_effect_happens_once_and_poison_is_dead_lettered(
     rt = runtime()
     await start_runtime(rt)  # type: ignore[arg-type]
     marker = usage(uuid.uuid4())
-    await publish(infra.kafka_bootstrap, settings.kafka.topic_prefix,
-                  [(good[1], ACCOUNT), (marker, ACCOUNT)])  # fmt: skip
+    await publish(
+        infra.kafka_bootstrap, settings.kafka.topic_prefix, [(good[1], ACCOUNT), (marker, ACCOUNT)]
+    )
     expected = sorted([*expected, marker.event_id])
     await _wait(all_applied)
     await asyncio.sleep(1.0)
@@ -129,6 +140,8 @@ async def test_each_effect_happens_once_and_poison_is_dead_lettered(
     expected = sorted([*expected, poison.event_id])
     await _wait(all_applied)
     async with rt.db.begin() as conn:  # type: ignore[attr-defined]
-        rows = (await conn.execute(text("select event_id from dead_letters order by \"offset\""))).all()
+        rows = (
+            await conn.execute(text('select event_id from dead_letters order by "offset"'))
+        ).all()
     assert sorted(str(r.event_id) for r in rows) == sorted(["None", str(poison.event_id)])
     await stop_runtime(rt)  # type: ignore[arg-type]

@@ -84,28 +84,44 @@ def buyer(
 ) -> ev.BuyerConfigured:
     buyer_id = uuid.uuid4()
     return ev.BuyerConfigured.new(
-        account_id=ACCOUNT, correlation_id=buyer_id, producer="test",
+        account_id=ACCOUNT,
+        correlation_id=buyer_id,
+        producer="test",
         payload=ev.BuyerState(
-            buyer_id=buyer_id, account_id=ACCOUNT, campaign_id=campaign, name=f"p{priority}",
-            status=status, endpoint_url="http://127.0.0.1:9/leads", price=Decimal(price),
+            buyer_id=buyer_id,
+            account_id=ACCOUNT,
+            campaign_id=campaign,
+            name=f"p{priority}",
+            status=status,
+            endpoint_url="http://127.0.0.1:9/leads",
+            price=Decimal(price),
             priority=priority,
         ),
-    )  # fmt: skip
+    )
 
 
 def lead(campaign: uuid.UUID) -> ev.LeadReceived:
     lead_id = uuid.uuid4()
     pii = {"email": "ann@example.com", "phone": "4155550100"}
     content = ev.LeadContent(
-        fields={"state": "CA", "zip": "94105", "loan_amount": 250000, "credit_score": 701.5,
-                "homeowner": True, "notes": None},
+        fields={
+            "state": "CA",
+            "zip": "94105",
+            "loan_amount": 250000,
+            "credit_score": 701.5,
+            "homeowner": True,
+            "notes": None,
+        },
         pii=seal_fields(new_data_key(), lead_id, pii),
-    )  # fmt: skip
+    )
     return ev.LeadReceived.new(
-        account_id=ACCOUNT, correlation_id=lead_id, producer="test",
-        payload=ev.LeadReceivedPayload(lead_id=lead_id, campaign_id=campaign, source_id=SOURCE,
-                                       lead=content),
-    )  # fmt: skip
+        account_id=ACCOUNT,
+        correlation_id=lead_id,
+        producer="test",
+        payload=ev.LeadReceivedPayload(
+            lead_id=lead_id, campaign_id=campaign, source_id=SOURCE, lead=content
+        ),
+    )
 
 
 def attempted(
@@ -113,26 +129,42 @@ def attempted(
 ) -> ev.DeliveryAttempted:
     p = routed.payload
     return ev.DeliveryAttempted.new(
-        account_id=ACCOUNT, correlation_id=p.lead_id, causation_id=routed.event_id,
+        account_id=ACCOUNT,
+        correlation_id=p.lead_id,
+        causation_id=routed.event_id,
         producer="test",
         payload=ev.DeliveryAttemptedPayload(
-            lead_id=p.lead_id, campaign_id=p.campaign_id, source_id=p.source_id,
-            buyer_id=p.buyer_id, delivery_id=p.delivery_id, attempt=p.attempt,
-            try_number=try_number, final=final, result=result,
-            http_status=200 if result is not ev.DeliveryResult.ERROR else 503, latency_ms=12.5,
+            lead_id=p.lead_id,
+            campaign_id=p.campaign_id,
+            source_id=p.source_id,
+            buyer_id=p.buyer_id,
+            delivery_id=p.delivery_id,
+            attempt=p.attempt,
+            try_number=try_number,
+            final=final,
+            result=result,
+            http_status=200 if result is not ev.DeliveryResult.ERROR else 503,
+            latency_ms=12.5,
             reason="not buying this one" if result is ev.DeliveryResult.REJECTED else None,
         ),
-    )  # fmt: skip
+    )
 
 
 def sold(routed: ev.LeadRouted) -> ev.LeadSold:
     p = routed.payload
     return ev.LeadSold.new(
-        account_id=ACCOUNT, correlation_id=p.lead_id, producer="test",
-        payload=ev.LeadSoldPayload(lead_id=p.lead_id, campaign_id=p.campaign_id,
-                                   source_id=p.source_id, buyer_id=p.buyer_id,
-                                   delivery_id=p.delivery_id, price=p.price),
-    )  # fmt: skip
+        account_id=ACCOUNT,
+        correlation_id=p.lead_id,
+        producer="test",
+        payload=ev.LeadSoldPayload(
+            lead_id=p.lead_id,
+            campaign_id=p.campaign_id,
+            source_id=p.source_id,
+            buyer_id=p.buyer_id,
+            delivery_id=p.delivery_id,
+            price=p.price,
+        ),
+    )
 
 
 def summary(decisions: list[Event]) -> list[tuple[Any, ...]]:
@@ -199,9 +231,7 @@ async def test_lead_goes_down_the_waterfall_until_every_active_buyer_declines(
     assert len(await router.decisions(lead_id)) == 2
     assert await router.routing_state(lead_id) == (2, "routing")
 
-    await router.send(
-        (attempted(offer2, ev.DeliveryResult.REJECTED, try_number=2), lead_id)
-    )  # fmt: skip
+    await router.send((attempted(offer2, ev.DeliveryResult.REJECTED, try_number=2), lead_id))
     decisions = await router.decisions(lead_id)
     assert summary(decisions) == [
         ("routed", 1, first_id, Decimal("35.00")),

@@ -73,7 +73,11 @@ async def read_records(
 
 
 async def read_events(
-    bootstrap: str, topic: str, *, until: Callable[[list[Event]], bool], timeout: float = 20.0  # noqa: ASYNC109
+    bootstrap: str,
+    topic: str,
+    *,
+    until: Callable[[list[Event]], bool],
+    timeout: float = 20.0,  # noqa: ASYNC109
 ) -> list[Event]:
     """Decoded events of ``topic`` from the beginning, until ``until(events)`` or timeout."""
 

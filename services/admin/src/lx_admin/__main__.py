@@ -1,6 +1,7 @@
+from lx_platform.runtime import serve
+
 from lx_admin.main import create_service
 from lx_admin.settings import AdminSettings
-from lx_platform.runtime import serve
 
 if __name__ == "__main__":
     settings = AdminSettings()

@@ -6,13 +6,13 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
-from sqlalchemy.ext.asyncio import AsyncConnection
-
-from lx_admin import domain, store
 from lx_platform.http import operator_guard
 from lx_platform.runtime import Runtime
 from lx_schemas import events as ev
 from lx_schemas.envelope import Event, Frozen
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from lx_admin import domain, store
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(operator_guard())], tags=["config"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -30,14 +30,19 @@ Rt = Annotated[Runtime, Depends(runtime)]
 
 
 def _not_found(kind: str) -> HTTPException:
-    return HTTPException(status.HTTP_404_NOT_FOUND, {"code": f"{kind}_not_found",
-                                                     "detail": f"no such {kind}"})  # fmt: skip
+    return HTTPException(
+        status.HTTP_404_NOT_FOUND, {"code": f"{kind}_not_found", "detail": f"no such {kind}"}
+    )
 
 
 async def _publish(
-    rt: Runtime, conn: AsyncConnection, event_cls: type[Event], state: Frozen,
-    entity_id: uuid.UUID, account_id: uuid.UUID,
-) -> None:  # fmt: skip
+    rt: Runtime,
+    conn: AsyncConnection,
+    event_cls: type[Event],
+    state: Frozen,
+    entity_id: uuid.UUID,
+    account_id: uuid.UUID,
+) -> None:
     event = event_cls.new(
         account_id=account_id, correlation_id=entity_id, producer="admin", payload=state
     )
@@ -65,9 +70,11 @@ async def get_account(account_id: uuid.UUID, rt: Rt) -> dict[str, Any]:
 
 
 @router.post(
-    "/accounts/{account_id}/campaigns", status_code=201, response_model=ev.CampaignState,
+    "/accounts/{account_id}/campaigns",
+    status_code=201,
+    response_model=ev.CampaignState,
     responses={**ERRORS, 422: {"description": "invalid campaign"}},
-)  # fmt: skip
+)
 async def create_campaign(
     account_id: uuid.UUID, body: domain.CampaignCreate, rt: Rt
 ) -> ev.CampaignState:
@@ -75,12 +82,21 @@ async def create_campaign(
     if dupes:
         raise HTTPException(422, {"code": "duplicate_field", "detail": f"fields repeated: {dupes}"})
     if errors := domain.enum_fields_without_options(body.fields):
-        raise HTTPException(422, {"code": "invalid_request", "errors": errors,
-                                  "detail": "the request does not match the schema"})  # fmt: skip
+        raise HTTPException(
+            422,
+            {
+                "code": "invalid_request",
+                "errors": errors,
+                "detail": "the request does not match the schema",
+            },
+        )
     state = ev.CampaignState(
-        campaign_id=uuid.uuid4(), account_id=account_id, name=body.name,
-        vertical=body.vertical, fields=tuple(body.fields),
-    )  # fmt: skip
+        campaign_id=uuid.uuid4(),
+        account_id=account_id,
+        name=body.name,
+        vertical=body.vertical,
+        fields=tuple(body.fields),
+    )
     async with rt.db.begin() as conn:
         if await store.get_state(conn, "account", account_id) is None:
             raise _not_found("account")
@@ -104,9 +120,11 @@ class SourceCreated(ev.SourceState):
 
 
 @router.post(
-    "/campaigns/{campaign_id}/sources", status_code=201, response_model=SourceCreated,
+    "/campaigns/{campaign_id}/sources",
+    status_code=201,
+    response_model=SourceCreated,
     responses=ERRORS,
-)  # fmt: skip
+)
 async def create_source(campaign_id: uuid.UUID, body: domain.SourceCreate, rt: Rt) -> SourceCreated:
     key = domain.new_api_key()
     async with rt.db.begin() as conn:
@@ -115,12 +133,17 @@ async def create_source(campaign_id: uuid.UUID, body: domain.SourceCreate, rt: R
             raise _not_found("campaign")
         account_id = uuid.UUID(campaign["account_id"])
         state = ev.SourceState(
-            source_id=uuid.uuid4(), account_id=account_id, campaign_id=campaign_id,
-            name=body.name, api_key_prefix=domain.display_prefix(key),
-            api_key_sha256=domain.api_key_sha256(key), payout=body.payout,
-        )  # fmt: skip
-        await store.insert_entity(conn, "source", state.source_id, state,
-                                  account_id=account_id, campaign_id=campaign_id)  # fmt: skip
+            source_id=uuid.uuid4(),
+            account_id=account_id,
+            campaign_id=campaign_id,
+            name=body.name,
+            api_key_prefix=domain.display_prefix(key),
+            api_key_sha256=domain.api_key_sha256(key),
+            payout=body.payout,
+        )
+        await store.insert_entity(
+            conn, "source", state.source_id, state, account_id=account_id, campaign_id=campaign_id
+        )
         await _publish(rt, conn, ev.SourceConfigured, state, state.source_id, account_id)
     rt.relay.wake()
     return SourceCreated(**state.model_dump(), api_key=key)
@@ -133,9 +156,11 @@ async def list_sources(campaign_id: uuid.UUID, rt: Rt) -> list[dict[str, Any]]:
 
 
 @router.post(
-    "/campaigns/{campaign_id}/buyers", status_code=201, response_model=ev.BuyerState,
+    "/campaigns/{campaign_id}/buyers",
+    status_code=201,
+    response_model=ev.BuyerState,
     responses=ERRORS,
-)  # fmt: skip
+)
 async def create_buyer(campaign_id: uuid.UUID, body: domain.BuyerCreate, rt: Rt) -> ev.BuyerState:
     async with rt.db.begin() as conn:
         campaign = await store.get_state(conn, "campaign", campaign_id)
@@ -143,11 +168,14 @@ async def create_buyer(campaign_id: uuid.UUID, body: domain.BuyerCreate, rt: Rt)
             raise _not_found("campaign")
         account_id = uuid.UUID(campaign["account_id"])
         state = ev.BuyerState(
-            buyer_id=uuid.uuid4(), account_id=account_id, campaign_id=campaign_id,
+            buyer_id=uuid.uuid4(),
+            account_id=account_id,
+            campaign_id=campaign_id,
             **body.model_dump(),
-        )  # fmt: skip
-        await store.insert_entity(conn, "buyer", state.buyer_id, state,
-                                  account_id=account_id, campaign_id=campaign_id)  # fmt: skip
+        )
+        await store.insert_entity(
+            conn, "buyer", state.buyer_id, state, account_id=account_id, campaign_id=campaign_id
+        )
         await _publish(rt, conn, ev.BuyerConfigured, state, state.buyer_id, account_id)
     rt.relay.wake()
     return state

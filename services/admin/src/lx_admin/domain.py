@@ -7,9 +7,8 @@ import secrets
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
-
 from lx_schemas.events import AcceptanceRule, FieldSpec, FieldType, Status, Usd
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 API_KEY_PREFIX = "lxsk_"
 
@@ -68,11 +67,14 @@ class BuyerUpdate(Request):
 def enum_fields_without_options(fields: list[FieldSpec]) -> list[dict[str, str]]:
     """An enum field with no options could never accept a value: every lead would fail."""
     return [
-        {"field": f"fields.{i}.options", "code": "enum_without_options",
-         "detail": f"enum field {f.name!r} needs at least one option"}
+        {
+            "field": f"fields.{i}.options",
+            "code": "enum_without_options",
+            "detail": f"enum field {f.name!r} needs at least one option",
+        }
         for i, f in enumerate(fields)
         if f.type is FieldType.ENUM and not f.options
-    ]  # fmt: skip
+    ]
 
 
 def check_unique_fields(fields: list[FieldSpec]) -> list[str]:

@@ -1,11 +1,11 @@
 """Admin's composition root."""
 
 from fastapi import FastAPI
+from lx_platform.runtime import build_runtime, create_app
+from lx_schemas import topics
 
 from lx_admin import api, trace
 from lx_admin.settings import AdminSettings
-from lx_platform.runtime import build_runtime, create_app
-from lx_schemas import topics
 
 
 def create_service(settings: AdminSettings | None = None) -> FastAPI:
@@ -16,8 +16,11 @@ def create_service(settings: AdminSettings | None = None) -> FastAPI:
         topics=[topics.LEAD_RECEIVED, topics.LEAD_ROUTED, topics.DELIVERY_OUTCOME],
         handler=trace.record_trace,
     )
-    app = create_app(rt, title="LeadExchange admin API",
-                     description="Accounts, campaigns, sources, buyers and the lead trace.")  # fmt: skip
+    app = create_app(
+        rt,
+        title="LeadExchange admin API",
+        description="Accounts, campaigns, sources, buyers and the lead trace.",
+    )
     app.include_router(api.router)
     app.include_router(trace.router)
     return app

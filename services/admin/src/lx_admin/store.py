@@ -7,13 +7,16 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from lx_schemas.envelope import Frozen
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from lx_schemas.envelope import Frozen
-
-ENTITY_TABLES = {"account": "accounts", "campaign": "campaigns", "source": "sources",
-                 "buyer": "buyers"}  # fmt: skip
+ENTITY_TABLES = {
+    "account": "accounts",
+    "campaign": "campaigns",
+    "source": "sources",
+    "buyer": "buyers",
+}
 
 
 async def insert_entity(
@@ -26,7 +29,9 @@ async def insert_entity(
     await conn.execute(text(f"insert into {table} ({', '.join(cols)}) values ({values})"), params)
 
 
-async def update_entity(conn: AsyncConnection, kind: str, entity_id: uuid.UUID, state: Frozen) -> None:
+async def update_entity(
+    conn: AsyncConnection, kind: str, entity_id: uuid.UUID, state: Frozen
+) -> None:
     await conn.execute(
         text(
             f"update {ENTITY_TABLES[kind]} set state = cast(:s as jsonb), updated_at = now()"
@@ -62,7 +67,7 @@ async def record_lead_events(conn: AsyncConnection, rows: Sequence[dict[str, Any
         await conn.execute(
             text(
                 "insert into lead_events (event_id, lead_id, account_id, type, occurred_at, topic,"
-                " \"offset\", payload) values (:event_id, :lead_id, :account_id, :type,"
+                ' "offset", payload) values (:event_id, :lead_id, :account_id, :type,'
                 " :occurred_at, :topic, :offset, cast(:payload as jsonb))"
                 " on conflict (event_id) do nothing"
             ),
@@ -73,8 +78,8 @@ async def record_lead_events(conn: AsyncConnection, rows: Sequence[dict[str, Any
 async def lead_events(conn: AsyncConnection, lead_id: uuid.UUID) -> list[dict[str, Any]]:
     rows = await conn.execute(
         text(
-            "select event_id, type, occurred_at, topic, \"offset\", payload, account_id"
-            " from lead_events where lead_id = :l order by occurred_at, \"offset\""
+            'select event_id, type, occurred_at, topic, "offset", payload, account_id'
+            ' from lead_events where lead_id = :l order by occurred_at, "offset"'
         ),
         {"l": lead_id},
     )

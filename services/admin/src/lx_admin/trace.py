@@ -8,20 +8,21 @@ from typing import Annotated, Any
 
 import httpx
 from fastapi import APIRouter, Depends
-from sqlalchemy.ext.asyncio import AsyncConnection
-
-from lx_admin import store
-from lx_admin.api import Rt, _not_found
 from lx_platform.consumer import Consumed
 from lx_platform.http import operator_guard
 from lx_platform.logging import get_logger
 from lx_schemas import events as ev
+from lx_schemas.envelope import Event, Frozen
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from lx_admin import store
+from lx_admin.api import Rt, _not_found
 
 log = get_logger(__name__)
 router = APIRouter(prefix="/v1", dependencies=[Depends(operator_guard())], tags=["trace"])
 
 
-def trace_payload(event: ev.Event) -> dict[str, Any]:
+def trace_payload(event: Event) -> dict[str, Any]:
     """What the trace keeps of an event: everything but the sealed PII ciphertext."""
     payload = event.payload
     if isinstance(payload, ev.LeadReceivedPayload | ev.LeadRoutedPayload):
@@ -38,11 +39,15 @@ async def record_trace(conn: AsyncConnection, batch: Sequence[Consumed]) -> None
         conn,
         [
             {
-                "event_id": c.event.event_id, "lead_id": c.event.correlation_id,
-                "account_id": c.event.account_id, "type": c.event.type,
-                "occurred_at": c.event.occurred_at, "topic": c.topic, "offset": c.offset,
+                "event_id": c.event.event_id,
+                "lead_id": c.event.correlation_id,
+                "account_id": c.event.account_id,
+                "type": c.event.type,
+                "occurred_at": c.event.occurred_at,
+                "topic": c.topic,
+                "offset": c.offset,
                 "payload": trace_payload(c.event),
-            }  # fmt: skip
+            }
             for c in batch
         ],
     )
@@ -58,7 +63,7 @@ def lead_status(types: list[str]) -> str:
     return "in_progress" if types else "unknown"
 
 
-class TraceEvent(ev.Frozen):
+class TraceEvent(Frozen):
     event_id: uuid.UUID
     type: str
     occurred_at: Any
@@ -67,7 +72,7 @@ class TraceEvent(ev.Frozen):
     payload: dict[str, Any]
 
 
-class LeadTrace(ev.Frozen):
+class LeadTrace(Frozen):
     lead_id: uuid.UUID
     status: Annotated[str, "received, in_progress, sold, unsold"]
     events: list[TraceEvent]
@@ -76,9 +81,10 @@ class LeadTrace(ev.Frozen):
 
 
 @router.get(
-    "/leads/{lead_id}/trace", response_model=LeadTrace,
+    "/leads/{lead_id}/trace",
+    response_model=LeadTrace,
     responses={404: {"description": "no such lead"}},
-)  # fmt: skip
+)
 async def get_trace(lead_id: uuid.UUID, rt: Rt) -> LeadTrace:
     """A lead's whole story: received, routed, every attempt with request and response,
     the outcome."""

@@ -1,6 +1,7 @@
+from lx_platform.runtime import serve
+
 from lx_analytics.main import create_service
 from lx_analytics.settings import AnalyticsSettings
-from lx_platform.runtime import serve
 
 if __name__ == "__main__":
     settings = AnalyticsSettings()

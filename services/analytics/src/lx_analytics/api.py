@@ -8,11 +8,10 @@ from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
-from sqlalchemy import text
-
 from lx_platform.http import operator_guard
 from lx_platform.runtime import Runtime
 from lx_schemas.envelope import Frozen
+from sqlalchemy import text
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(operator_guard())], tags=["analytics"])
 
@@ -42,9 +41,13 @@ async def hourly(
 ) -> list[HourlyRow]:
     """Hourly counts; lead-level rows (received, sold, unsold) have no buyer."""
     rt: Runtime = request.app.state.runtime
-    clauses, params = [], {}
-    for name, value in (("campaign_id", campaign_id), ("source_id", source_id),
-                        ("buyer_id", buyer_id)):  # fmt: skip
+    clauses: list[str] = []
+    params: dict[str, object] = {}
+    for name, value in (
+        ("campaign_id", campaign_id),
+        ("source_id", source_id),
+        ("buyer_id", buyer_id),
+    ):
         if value is not None:
             clauses.append(f"{name} = :{name}")
             params[name] = value
@@ -57,12 +60,20 @@ async def hourly(
     where = f"where {' and '.join(clauses)}" if clauses else ""
     async with rt.db.begin() as conn:
         rows = await conn.execute(
-            text(f"select * from hourly_stats {where} order by hour, campaign_id, source_id,"
-                 " buyer_id limit 10000"), params,
-        )  # fmt: skip
+            text(
+                f"select * from hourly_stats {where} order by hour, campaign_id, source_id,"
+                " buyer_id limit 10000"
+            ),
+            params,
+        )
         # Hours are UTC buckets: shown in UTC whatever the database session's time zone.
         return [
-            HourlyRow(**{**r._mapping, "hour": r.hour.astimezone(dt.UTC),
-                         "buyer_id": r.buyer_id if r.buyer_id.int else None})
+            HourlyRow(
+                **{
+                    **r._mapping,
+                    "hour": r.hour.astimezone(dt.UTC),
+                    "buyer_id": r.buyer_id if r.buyer_id.int else None,
+                }
+            )
             for r in rows
-        ]  # fmt: skip
+        ]

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from decimal import Decimal
 
 from lx_schemas import events as ev
+from lx_schemas.envelope import Event
 
 NO_BUYER = uuid.UUID(int=0)
 COUNTERS = ("received", "offered", "sold", "unsold", "rejected", "errors")
@@ -19,12 +20,12 @@ def hour_of(at: dt.datetime) -> dt.datetime:
     return at.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
 
 
-def deltas(events: Iterable[ev.Event]) -> dict[Bucket, dict[str, Decimal | int]]:
+def deltas(events: Iterable[Event]) -> dict[Bucket, dict[str, Decimal | int]]:
     out: dict[Bucket, dict[str, Decimal | int]] = defaultdict(
         lambda: {**dict.fromkeys(COUNTERS, 0), "revenue": Decimal("0.00")}
     )
 
-    def add(event: ev.Event, buyer: uuid.UUID, counter: str, amount: Decimal | int = 1) -> None:
+    def add(event: Event, buyer: uuid.UUID, counter: str, amount: Decimal | int = 1) -> None:
         p = event.payload
         out[(hour_of(event.occurred_at), p.campaign_id, p.source_id, buyer)][counter] += amount
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from lx_platform.consumer import Consumed
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from lx_analytics import domain
-from lx_platform.consumer import Consumed
 
 _UPSERT = text(
     "insert into hourly_stats (hour, campaign_id, source_id, buyer_id, received, offered, sold,"

@@ -1,11 +1,11 @@
 """Analytics' composition root."""
 
 from fastapi import FastAPI
+from lx_platform.runtime import build_runtime, create_app
+from lx_schemas import topics
 
 from lx_analytics import api, handlers
 from lx_analytics.settings import AnalyticsSettings
-from lx_platform.runtime import build_runtime, create_app
-from lx_schemas import topics
 
 
 def create_service(settings: AnalyticsSettings | None = None) -> FastAPI:
@@ -16,7 +16,10 @@ def create_service(settings: AnalyticsSettings | None = None) -> FastAPI:
         topics=[topics.LEAD_RECEIVED, topics.LEAD_ROUTED, topics.DELIVERY_OUTCOME],
         handler=handlers.project,
     )
-    app = create_app(rt, title="LeadExchange analytics",
-                     description="Hourly lead counts and revenue, projected from the event log.")  # fmt: skip
+    app = create_app(
+        rt,
+        title="LeadExchange analytics",
+        description="Hourly lead counts and revenue, projected from the event log.",
+    )
     app.include_router(api.router)
     return app

@@ -1,6 +1,7 @@
+from lx_platform.runtime import serve
+
 from lx_billing.main import create_service
 from lx_billing.settings import BillingSettings
-from lx_platform.runtime import serve
 
 if __name__ == "__main__":
     settings = BillingSettings()

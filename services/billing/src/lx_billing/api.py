@@ -9,11 +9,11 @@ from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-
-from lx_billing import store
 from lx_platform.http import operator_guard
 from lx_platform.runtime import Runtime
 from lx_schemas.envelope import Frozen
+
+from lx_billing import store
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(operator_guard())], tags=["billing"])
 Month = Annotated[str, Query(pattern=r"^\d{4}-\d{2}$", description="YYYY-MM (UTC)")]
@@ -37,7 +37,9 @@ def _month(value: str) -> dt.date:
     try:
         return dt.date(int(match[1]), int(match[2]), 1) if match else dt.date.min
     except ValueError:
-        raise HTTPException(422, {"code": "invalid_month", "detail": "month must be YYYY-MM"}) from None
+        raise HTTPException(
+            422, {"code": "invalid_month", "detail": "month must be YYYY-MM"}
+        ) from None
 
 
 @router.get("/accounts/{account_id}/statement", response_model=MonthlyStatement)

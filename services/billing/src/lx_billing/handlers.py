@@ -7,12 +7,12 @@ import uuid
 from collections import Counter
 from collections.abc import Sequence
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
-from lx_billing import domain, store
 from lx_platform.consumer import Consumed
 from lx_schemas import events as ev
 from lx_schemas.envelope import derived_id
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from lx_billing import domain, store
 
 
 async def project(conn: AsyncConnection, batch: Sequence[Consumed]) -> None:
@@ -25,9 +25,15 @@ async def project(conn: AsyncConnection, batch: Sequence[Consumed]) -> None:
         elif isinstance(event, ev.LeadSold):
             p = event.payload
             await store.book(
-                conn, txn_id=derived_id("ledger.sale", p.lead_id), account_id=event.account_id,
-                kind="lead_sale", lead_id=p.lead_id, buyer_id=p.buyer_id, amount=p.price,
-                occurred_at=event.occurred_at, source_event_id=event.event_id,
+                conn,
+                txn_id=derived_id("ledger.sale", p.lead_id),
+                account_id=event.account_id,
+                kind="lead_sale",
+                lead_id=p.lead_id,
+                buyer_id=p.buyer_id,
+                amount=p.price,
+                occurred_at=event.occurred_at,
+                source_event_id=event.event_id,
                 entries=domain.sale_entries(event.account_id, p.buyer_id, p.price),
-            )  # fmt: skip
+            )
     await store.add_usage(conn, dict(usage))

@@ -1,11 +1,11 @@
 """Billing's composition root."""
 
 from fastapi import FastAPI
+from lx_platform.runtime import build_runtime, create_app
+from lx_schemas import topics
 
 from lx_billing import api, handlers
 from lx_billing.settings import BillingSettings
-from lx_platform.runtime import build_runtime, create_app
-from lx_schemas import topics
 
 
 def create_service(settings: BillingSettings | None = None) -> FastAPI:
@@ -16,7 +16,10 @@ def create_service(settings: BillingSettings | None = None) -> FastAPI:
         topics=[topics.USAGE_INCREMENTED, topics.DELIVERY_OUTCOME],
         handler=handlers.project,
     )
-    app = create_app(rt, title="LeadExchange billing",
-                     description="USD ledger and usage, projected from the event log.")  # fmt: skip
+    app = create_app(
+        rt,
+        title="LeadExchange billing",
+        description="USD ledger and usage, projected from the event log.",
+    )
     app.include_router(api.router)
     return app

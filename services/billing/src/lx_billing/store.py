@@ -27,19 +27,35 @@ async def add_usage(conn: AsyncConnection, rows: dict[tuple[uuid.UUID, dt.date, 
 
 
 async def book(
-    conn: AsyncConnection, *, txn_id: uuid.UUID, account_id: uuid.UUID, kind: str,
-    lead_id: uuid.UUID | None, buyer_id: uuid.UUID | None, amount: Decimal,
-    occurred_at: dt.datetime, source_event_id: uuid.UUID, entries: Sequence[Entry],
-) -> None:  # fmt: skip
+    conn: AsyncConnection,
+    *,
+    txn_id: uuid.UUID,
+    account_id: uuid.UUID,
+    kind: str,
+    lead_id: uuid.UUID | None,
+    buyer_id: uuid.UUID | None,
+    amount: Decimal,
+    occurred_at: dt.datetime,
+    source_event_id: uuid.UUID,
+    entries: Sequence[Entry],
+) -> None:
     inserted = await conn.execute(
         text(
             "insert into ledger_transactions (txn_id, account_id, kind, lead_id, buyer_id, amount,"
             " occurred_at, source_event_id) values (:t, :a, :k, :l, :b, :amt, :at, :e)"
             " on conflict do nothing returning txn_id"
         ),
-        {"t": txn_id, "a": account_id, "k": kind, "l": lead_id, "b": buyer_id, "amt": amount,
-         "at": occurred_at, "e": source_event_id},
-    )  # fmt: skip
+        {
+            "t": txn_id,
+            "a": account_id,
+            "k": kind,
+            "l": lead_id,
+            "b": buyer_id,
+            "amt": amount,
+            "at": occurred_at,
+            "e": source_event_id,
+        },
+    )
     if inserted.first() is None:
         return  # booked before
     await conn.execute(

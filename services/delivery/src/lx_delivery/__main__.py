@@ -1,6 +1,7 @@
+from lx_platform.runtime import serve
+
 from lx_delivery.main import create_service
 from lx_delivery.settings import DeliverySettings
-from lx_platform.runtime import serve
 
 if __name__ == "__main__":
     settings = DeliverySettings()

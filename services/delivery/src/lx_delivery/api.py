@@ -7,15 +7,16 @@ import uuid
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-
-from lx_delivery import store
-from lx_delivery.keys import KeyUnavailableError, LeadKeys
 from lx_platform.crypto import open_bytes
 from lx_platform.http import internal_guard
 from lx_platform.runtime import Runtime
 
-internal = APIRouter(prefix="/internal/v1", dependencies=[Depends(internal_guard())],
-                     include_in_schema=False)  # fmt: skip
+from lx_delivery import store
+from lx_delivery.keys import KeyUnavailableError, LeadKeys
+
+internal = APIRouter(
+    prefix="/internal/v1", dependencies=[Depends(internal_guard())], include_in_schema=False
+)
 
 
 async def _open(keys: LeadKeys, key_id: uuid.UUID | None, blob: bytes | None) -> Any:

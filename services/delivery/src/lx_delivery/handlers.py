@@ -5,13 +5,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
-from lx_delivery import store
 from lx_platform.consumer import Consumed
 from lx_platform.outbox import Outbox
 from lx_schemas import events as ev
 from lx_schemas.envelope import Event, derived_id
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from lx_delivery import store
 
 
 class DeliveryHandler:
@@ -32,13 +32,17 @@ class DeliveryHandler:
                 if await store.decide_outcome(conn, p.lead_id, "unsold"):
                     unsold = ev.LeadUnsold.new(
                         event_id=derived_id("lead.unsold", p.lead_id),
-                        account_id=event.account_id, correlation_id=p.lead_id,
-                        causation_id=event.event_id, producer="delivery",
+                        account_id=event.account_id,
+                        correlation_id=p.lead_id,
+                        causation_id=event.event_id,
+                        producer="delivery",
                         payload=ev.LeadUnsoldPayload(
-                            lead_id=p.lead_id, campaign_id=p.campaign_id,
-                            source_id=p.source_id, reason=p.reason,
+                            lead_id=p.lead_id,
+                            campaign_id=p.campaign_id,
+                            source_id=p.source_id,
+                            reason=p.reason,
                         ),
-                    )  # fmt: skip
+                    )
                     staged.append((unsold, p.lead_id))
         await store.insert_deliveries(conn, offers)
         await self.outbox.stage_many(conn, staged)  # type: ignore[arg-type]

@@ -1,14 +1,14 @@
 """Delivery's composition root."""
 
 from fastapi import FastAPI
+from lx_platform.runtime import build_runtime, create_app
+from lx_schemas import topics
 
 from lx_delivery import api
 from lx_delivery.handlers import DeliveryHandler
 from lx_delivery.keys import LeadKeys
 from lx_delivery.settings import DeliverySettings
 from lx_delivery.worker import DeliveryWorker
-from lx_platform.runtime import build_runtime, create_app
-from lx_schemas import topics
 
 
 def create_service(settings: DeliverySettings | None = None) -> FastAPI:
@@ -25,7 +25,10 @@ def create_service(settings: DeliverySettings | None = None) -> FastAPI:
     )
     rt.on_start.append(worker.start)
     rt.on_stop.append(worker.stop)
-    app = create_app(rt, title="LeadExchange delivery",
-                     description="Posts leads to buyers and keeps every request and response.")  # fmt: skip
+    app = create_app(
+        rt,
+        title="LeadExchange delivery",
+        description="Posts leads to buyers and keeps every request and response.",
+    )
     app.include_router(api.internal)
     return app

@@ -1,7 +1,6 @@
+from lx_platform.settings import ServiceSettings
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
-
-from lx_platform.settings import ServiceSettings
 
 
 class DeliverySettings(ServiceSettings):

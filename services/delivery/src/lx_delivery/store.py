@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from lx_schemas.events import BuyerState, LeadContent, LeadRoutedPayload
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
-
-from lx_schemas.events import BuyerState, LeadContent, LeadRoutedPayload
 
 
 async def upsert_buyer(conn: AsyncConnection, b: BuyerState) -> None:
@@ -26,7 +25,9 @@ async def upsert_buyer(conn: AsyncConnection, b: BuyerState) -> None:
 
 
 async def buyer(conn: AsyncConnection, buyer_id: uuid.UUID) -> BuyerState | None:
-    state = await conn.scalar(text("select state from buyers where buyer_id = :id"), {"id": buyer_id})
+    state = await conn.scalar(
+        text("select state from buyers where buyer_id = :id"), {"id": buyer_id}
+    )
     return BuyerState.model_validate(state) if state is not None else None
 
 
@@ -41,12 +42,20 @@ async def insert_deliveries(
                 " cast(:lead as jsonb)) on conflict (delivery_id) do nothing"
             ),
             [
-                {"d": p.delivery_id, "l": p.lead_id, "a": account_id, "c": p.campaign_id,
-                 "s": p.source_id, "b": p.buyer_id, "att": p.attempt, "p": p.price,
-                 "lead": p.lead.model_dump_json()}
+                {
+                    "d": p.delivery_id,
+                    "l": p.lead_id,
+                    "a": account_id,
+                    "c": p.campaign_id,
+                    "s": p.source_id,
+                    "b": p.buyer_id,
+                    "att": p.attempt,
+                    "p": p.price,
+                    "lead": p.lead.model_dump_json(),
+                }
                 for account_id, p in offers
             ],
-        )  # fmt: skip
+        )
 
 
 @dataclass(frozen=True)
@@ -80,11 +89,21 @@ async def claim_due(conn: AsyncConnection, limit: int, lease_s: float) -> list[J
         {"n": limit, "lease": lease_s},
     )
     return [
-        Job(r.delivery_id, r.lead_id, r.account_id, r.campaign_id, r.source_id, r.buyer_id,
-            r.attempt, r.price, LeadContent.model_validate(r.lead), r.tries,
-            interrupted=r.prev == "sending")
+        Job(
+            r.delivery_id,
+            r.lead_id,
+            r.account_id,
+            r.campaign_id,
+            r.source_id,
+            r.buyer_id,
+            r.attempt,
+            r.price,
+            LeadContent.model_validate(r.lead),
+            r.tries,
+            interrupted=r.prev == "sending",
+        )
         for r in rows
-    ]  # fmt: skip
+    ]
 
 
 @dataclass(frozen=True)
@@ -107,10 +126,19 @@ async def record_try(conn: AsyncConnection, delivery_id: uuid.UUID, t: TryRecord
             " http_status, reason, key_id, request_sealed, response_sealed) values (:d, :n, :at,"
             " :lat, :res, :st, :re, :k, :rq, :rs) on conflict do nothing"
         ),
-        {"d": delivery_id, "n": t.try_number, "at": t.started_at, "lat": t.latency_ms,
-         "res": t.result, "st": t.http_status, "re": t.reason, "k": t.key_id,
-         "rq": t.request_sealed, "rs": t.response_sealed},
-    )  # fmt: skip
+        {
+            "d": delivery_id,
+            "n": t.try_number,
+            "at": t.started_at,
+            "lat": t.latency_ms,
+            "res": t.result,
+            "st": t.http_status,
+            "re": t.reason,
+            "k": t.key_id,
+            "rq": t.request_sealed,
+            "rs": t.response_sealed,
+        },
+    )
 
 
 async def finish(conn: AsyncConnection, delivery_id: uuid.UUID, result: str) -> None:

@@ -16,10 +16,6 @@ import uuid
 from typing import Any
 
 import httpx
-
-from lx_delivery import domain, store
-from lx_delivery.keys import KeyUnavailableError, LeadKeys
-from lx_delivery.settings import DeliverySettings
 from lx_platform.consumer import is_transient
 from lx_platform.crypto import open_fields, seal_bytes
 from lx_platform.db import Database
@@ -28,6 +24,10 @@ from lx_platform.outbox import Outbox, OutboxRelay
 from lx_schemas import events as ev
 from lx_schemas.envelope import Event, derived_id, utcnow
 
+from lx_delivery import domain, store
+from lx_delivery.keys import KeyUnavailableError, LeadKeys
+from lx_delivery.settings import DeliverySettings
+
 log = get_logger(__name__)
 R = ev.DeliveryResult
 DELIVERY_ID_HEADER = "X-LeadExchange-Delivery-Id"
@@ -35,9 +35,13 @@ DELIVERY_ID_HEADER = "X-LeadExchange-Delivery-Id"
 
 class DeliveryWorker:
     def __init__(
-        self, db: Database, outbox: Outbox, relay: OutboxRelay, keys: LeadKeys,
+        self,
+        db: Database,
+        outbox: Outbox,
+        relay: OutboxRelay,
+        keys: LeadKeys,
         settings: DeliverySettings,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.db = db
         self.outbox = outbox
         self.relay = relay
@@ -107,8 +111,12 @@ class DeliveryWorker:
             await self._deliver_once(job)
         except Exception as exc:
             # Leave the lease to expire: the job is tried again as outcome unknown.
-            log.error("delivery_failed", lead_id=str(job.lead_id), error=repr(exc),
-                      transient=is_transient(exc))  # fmt: skip
+            log.error(
+                "delivery_failed",
+                lead_id=str(job.lead_id),
+                error=repr(exc),
+                transient=is_transient(exc),
+            )
 
     async def _deliver_once(self, job: store.Job) -> None:
         if job.interrupted:
@@ -117,8 +125,17 @@ class DeliveryWorker:
             buyer = await store.buyer(conn, job.buyer_id)
         if buyer is None or buyer.status != ev.Status.ACTIVE:
             reason = "buyer_unknown" if buyer is None else "buyer_paused"
-            await self._conclude(job, job.try_number, domain.Verdict(R.ERROR, reason, False),
-                                 utcnow(), 0.0, None, None, None, None)  # fmt: skip
+            await self._conclude(
+                job,
+                job.try_number,
+                domain.Verdict(R.ERROR, reason, False),
+                utcnow(),
+                0.0,
+                None,
+                None,
+                None,
+                None,
+            )
             return
         pii: dict[str, Any] = {}
         data_key: bytes | None = None
@@ -132,15 +149,26 @@ class DeliveryWorker:
                     await store.reschedule(conn, job.delivery_id, 2.0, count_try=False)
                 return
             if data_key is None:
-                await self._conclude(job, job.try_number,
-                                     domain.Verdict(R.ERROR, "pii_shredded", False),
-                                     utcnow(), 0.0, None, None, None, None)  # fmt: skip
+                await self._conclude(
+                    job,
+                    job.try_number,
+                    domain.Verdict(R.ERROR, "pii_shredded", False),
+                    utcnow(),
+                    0.0,
+                    None,
+                    None,
+                    None,
+                    None,
+                )
                 return
             pii = open_fields(data_key, sealed)
 
         body = domain.request_body(str(job.lead_id), str(job.delivery_id), job.lead.fields, pii)
-        headers = {"content-type": "application/json", DELIVERY_ID_HEADER: str(job.delivery_id),
-                   "Idempotency-Key": str(job.delivery_id)}  # fmt: skip
+        headers = {
+            "content-type": "application/json",
+            DELIVERY_ID_HEADER: str(job.delivery_id),
+            "Idempotency-Key": str(job.delivery_id),
+        }
         started_at = utcnow()
         t0 = time.perf_counter()
         status: int | None = None
@@ -151,9 +179,12 @@ class DeliveryWorker:
             # trickled in byte by byte must not hold a slot (nor outlive the job's lease).
             async with asyncio.timeout(timeout_s):
                 async with self.client.stream(
-                    "POST", str(buyer.endpoint_url), content=body, headers=headers,
+                    "POST",
+                    str(buyer.endpoint_url),
+                    content=body,
+                    headers=headers,
                     timeout=timeout_s,
-                ) as response:  # fmt: skip
+                ) as response:
                     status = response.status_code
                     answer, truncated = await _read_capped(response, self.settings.log_limit_bytes)
             verdict = (
@@ -171,29 +202,67 @@ class DeliveryWorker:
         except httpx.HTTPError as exc:
             verdict = domain.Verdict(R.ERROR, f"transport: {type(exc).__name__}", True)
         latency_ms = (time.perf_counter() - t0) * 1000
-        request_doc = json.dumps({"method": "POST", "url": str(buyer.endpoint_url),
-                                  "headers": headers, "body": body.decode()}).encode()  # fmt: skip
-        response_doc = json.dumps({"status": status,
-                                   "body": answer.decode(errors="replace")}).encode()  # fmt: skip
-        await self._conclude(job, job.try_number, verdict, started_at, latency_ms, status,
-                             data_key, request_doc, response_doc)  # fmt: skip
+        request_doc = json.dumps(
+            {
+                "method": "POST",
+                "url": str(buyer.endpoint_url),
+                "headers": headers,
+                "body": body.decode(),
+            }
+        ).encode()
+        response_doc = json.dumps(
+            {"status": status, "body": answer.decode(errors="replace")}
+        ).encode()
+        await self._conclude(
+            job,
+            job.try_number,
+            verdict,
+            started_at,
+            latency_ms,
+            status,
+            data_key,
+            request_doc,
+            response_doc,
+        )
 
     async def _record_interrupted(self, job: store.Job) -> None:
         """The previous try was cut off after it may have reached the buyer."""
         verdict = domain.Verdict(R.OUTCOME_UNKNOWN, "interrupted_after_send", True)
         async with self.db.begin() as conn:
-            await store.record_try(conn, job.delivery_id, store.TryRecord(
-                job.try_number - 1, utcnow(), 0.0, verdict.result, None, verdict.reason,
-                None, None, None))  # fmt: skip
-            await self.outbox.stage(conn, self._attempted(job, job.try_number - 1, verdict, None,
-                                                          0.0, final=False), job.lead_id)  # fmt: skip
+            await store.record_try(
+                conn,
+                job.delivery_id,
+                store.TryRecord(
+                    job.try_number - 1,
+                    utcnow(),
+                    0.0,
+                    verdict.result,
+                    None,
+                    verdict.reason,
+                    None,
+                    None,
+                    None,
+                ),
+            )
+            await self.outbox.stage(
+                conn,
+                self._attempted(job, job.try_number - 1, verdict, None, 0.0, final=False),
+                job.lead_id,
+            )
         self.relay.wake()
 
     async def _conclude(
-        self, job: store.Job, try_number: int, verdict: domain.Verdict, started_at: dt.datetime,
-        latency_ms: float, status: int | None, data_key: bytes | None,
-        request_doc: bytes | None, response_doc: bytes | None,
-    ) -> None:  # fmt: skip
+        self,
+        job: store.Job,
+        try_number: int,
+        verdict: domain.Verdict,
+        started_at: dt.datetime,
+        latency_ms: float,
+        status: int | None,
+        data_key: bytes | None,
+        request_doc: bytes | None,
+        response_doc: bytes | None,
+    ) -> None:
         retry = verdict.retryable and try_number < self.settings.max_tries
         result = verdict.result
         reason = verdict.reason
@@ -202,14 +271,27 @@ class DeliveryWorker:
             result, reason = R.ERROR, f"outcome_unknown_unresolved: {reason}"
         key_id = job.lead.pii.key_id if job.lead.pii else None
         record = store.TryRecord(
-            try_number, started_at, latency_ms, verdict.result, status, verdict.reason, key_id,
-            _seal(data_key, key_id, request_doc), _seal(data_key, key_id, response_doc),
-        )  # fmt: skip
+            try_number,
+            started_at,
+            latency_ms,
+            verdict.result,
+            status,
+            verdict.reason,
+            key_id,
+            _seal(data_key, key_id, request_doc),
+            _seal(data_key, key_id, response_doc),
+        )
         staged: list[tuple[Event, uuid.UUID]] = []
         async with self.db.begin() as conn:
             await store.record_try(conn, job.delivery_id, record)
-            attempted = self._attempted(job, try_number, domain.Verdict(result, reason, retry),
-                                        status, latency_ms, final=not retry)  # fmt: skip
+            attempted = self._attempted(
+                job,
+                try_number,
+                domain.Verdict(result, reason, retry),
+                status,
+                latency_ms,
+                final=not retry,
+            )
             staged.append((attempted, job.lead_id))
             if retry:
                 await store.reschedule(
@@ -221,42 +303,74 @@ class DeliveryWorker:
                     staged.extend(self._sold(job, attempted))
             await self.outbox.stage_many(conn, staged)  # type: ignore[arg-type]
         self.relay.wake()
-        log.info("delivery_try", lead_id=str(job.lead_id), buyer_id=str(job.buyer_id),
-                 result=result.value, reason=reason, try_number=try_number,
-                 latency_ms=round(latency_ms, 1))  # fmt: skip
+        log.info(
+            "delivery_try",
+            lead_id=str(job.lead_id),
+            buyer_id=str(job.buyer_id),
+            result=result.value,
+            reason=reason,
+            try_number=try_number,
+            latency_ms=round(latency_ms, 1),
+        )
 
     def _attempted(
-        self, job: store.Job, try_number: int, verdict: domain.Verdict, status: int | None,
-        latency_ms: float, *, final: bool,
-    ) -> ev.DeliveryAttempted:  # fmt: skip
+        self,
+        job: store.Job,
+        try_number: int,
+        verdict: domain.Verdict,
+        status: int | None,
+        latency_ms: float,
+        *,
+        final: bool,
+    ) -> ev.DeliveryAttempted:
         return ev.DeliveryAttempted.new(
             event_id=derived_id("delivery.attempted", job.delivery_id, try_number),
-            account_id=job.account_id, correlation_id=job.lead_id, producer="delivery",
+            account_id=job.account_id,
+            correlation_id=job.lead_id,
+            producer="delivery",
             payload=ev.DeliveryAttemptedPayload(
-                lead_id=job.lead_id, campaign_id=job.campaign_id, source_id=job.source_id,
-                buyer_id=job.buyer_id, delivery_id=job.delivery_id, attempt=job.attempt,
-                try_number=try_number, final=final, result=verdict.result,
-                http_status=status, latency_ms=latency_ms, reason=verdict.reason,
+                lead_id=job.lead_id,
+                campaign_id=job.campaign_id,
+                source_id=job.source_id,
+                buyer_id=job.buyer_id,
+                delivery_id=job.delivery_id,
+                attempt=job.attempt,
+                try_number=try_number,
+                final=final,
+                result=verdict.result,
+                http_status=status,
+                latency_ms=latency_ms,
+                reason=verdict.reason,
                 price=job.price if verdict.result is R.ACCEPTED else None,
             ),
-        )  # fmt: skip
+        )
 
     def _sold(self, job: store.Job, cause: Event) -> list[tuple[Event, uuid.UUID]]:
         sold = ev.LeadSold.new(
-            event_id=derived_id("lead.sold", job.lead_id), account_id=job.account_id,
-            correlation_id=job.lead_id, causation_id=cause.event_id, producer="delivery",
+            event_id=derived_id("lead.sold", job.lead_id),
+            account_id=job.account_id,
+            correlation_id=job.lead_id,
+            causation_id=cause.event_id,
+            producer="delivery",
             payload=ev.LeadSoldPayload(
-                lead_id=job.lead_id, campaign_id=job.campaign_id, source_id=job.source_id,
-                buyer_id=job.buyer_id, delivery_id=job.delivery_id, price=job.price,
+                lead_id=job.lead_id,
+                campaign_id=job.campaign_id,
+                source_id=job.source_id,
+                buyer_id=job.buyer_id,
+                delivery_id=job.delivery_id,
+                price=job.price,
             ),
-        )  # fmt: skip
+        )
         usage = ev.UsageIncremented.new(
             event_id=derived_id("usage", ev.UsageMetric.LEADS_SOLD, job.lead_id),
-            account_id=job.account_id, correlation_id=job.lead_id, causation_id=sold.event_id,
+            account_id=job.account_id,
+            correlation_id=job.lead_id,
+            causation_id=sold.event_id,
             producer="delivery",
-            payload=ev.UsageIncrementedPayload(metric=ev.UsageMetric.LEADS_SOLD,
-                                               subject_id=job.lead_id),
-        )  # fmt: skip
+            payload=ev.UsageIncrementedPayload(
+                metric=ev.UsageMetric.LEADS_SOLD, subject_id=job.lead_id
+            ),
+        )
         return [(sold, job.lead_id), (usage, job.account_id)]
 
 

@@ -1,6 +1,7 @@
+from lx_platform.runtime import serve
+
 from lx_ingest.main import create_service
 from lx_ingest.settings import IngestSettings
-from lx_platform.runtime import serve
 
 if __name__ == "__main__":
     settings = IngestSettings()

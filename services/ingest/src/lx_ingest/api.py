@@ -10,8 +10,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
-
-from lx_ingest import domain, store
 from lx_platform.crypto import seal_fields
 from lx_platform.http import internal_guard, problem
 from lx_platform.logging import get_logger
@@ -19,10 +17,13 @@ from lx_platform.runtime import Runtime
 from lx_schemas import events as ev
 from lx_schemas.envelope import Frozen, derived_id, utcnow
 
+from lx_ingest import domain, store
+
 log = get_logger(__name__)
 router = APIRouter(tags=["leads"])
-internal = APIRouter(prefix="/internal/v1", dependencies=[Depends(internal_guard())],
-                     include_in_schema=False)  # fmt: skip
+internal = APIRouter(
+    prefix="/internal/v1", dependencies=[Depends(internal_guard())], include_in_schema=False
+)
 
 
 class LeadAccepted(Frozen):
@@ -40,8 +41,10 @@ class LeadStatus(Frozen):
 
 
 def _error(code: str, detail: str) -> dict[str, Any]:
-    return {"description": detail, "content": {"application/json": {"example": {
-        "error": {"code": code, "detail": detail}}}}}  # fmt: skip
+    return {
+        "description": detail,
+        "content": {"application/json": {"example": {"error": {"code": code, "detail": detail}}}},
+    }
 
 
 POST_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -69,8 +72,13 @@ async def _source(
         scheme, _, token = authorization.partition(" ")
         key = token if scheme.lower() == "bearer" else None
     if not key:
-        raise HTTPException(401, {"code": "invalid_api_key", "detail": "send the source API key "
-                                  "as 'Authorization: Bearer <key>' or 'X-API-Key'"})  # fmt: skip
+        raise HTTPException(
+            401,
+            {
+                "code": "invalid_api_key",
+                "detail": "send the source API key as 'Authorization: Bearer <key>' or 'X-API-Key'",
+            },
+        )
     digest = hashlib.sha256(key.encode()).hexdigest()
     async with _runtime(request).db.begin() as conn:
         ctx = await store.source_by_key_hash(conn, digest)
@@ -90,12 +98,17 @@ Source = Annotated[store.SourceContext, Depends(_source)]
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": {
-                "type": "object", "additionalProperties": True,
-                "description": "The lead's fields, named as in the campaign's field schema.",
-            }}},
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "additionalProperties": True,
+                        "description": "The lead's fields, named as in its campaign's schema.",
+                    }
+                }
+            },
         }
-    },  # fmt: skip
+    },
 )
 async def post_lead(request: Request, source: Source) -> Response:
     """Accept a lead: ``202`` once it is durably in Kafka, else a 4xx naming the reason."""
@@ -122,12 +135,18 @@ async def post_lead(request: Request, source: Source) -> Response:
 
     lead, errors = domain.normalise_lead(source.fields, data)
     if lead is None:
-        return problem(422, "invalid_fields", "some fields failed validation",
-                       errors=[e.__dict__ for e in errors])  # fmt: skip
+        return problem(
+            422,
+            "invalid_fields",
+            "some fields failed validation",
+            errors=[e.__dict__ for e in errors],
+        )
     return await _accept(rt, source, lead)
 
 
-async def _accept(rt: Runtime, source: store.SourceContext, lead: domain.NormalisedLead) -> Response:
+async def _accept(
+    rt: Runtime, source: store.SourceContext, lead: domain.NormalisedLead
+) -> Response:
     vault: store.KeyVault = rt.extras["vault"]
     lead_id = uuid.uuid4()
     received_at = utcnow()
@@ -138,19 +157,29 @@ async def _accept(rt: Runtime, source: store.SourceContext, lead: domain.Normali
             pii = seal_fields(data_key, lead_id, lead.pii)
         await store.insert_lead(conn, lead_id, source, received_at)
     received = ev.LeadReceived.new(
-        event_id=derived_id("lead.received", lead_id), occurred_at=received_at,
-        account_id=source.account_id, correlation_id=lead_id, producer="ingest",
+        event_id=derived_id("lead.received", lead_id),
+        occurred_at=received_at,
+        account_id=source.account_id,
+        correlation_id=lead_id,
+        producer="ingest",
         payload=ev.LeadReceivedPayload(
-            lead_id=lead_id, campaign_id=source.campaign_id, source_id=source.source_id,
+            lead_id=lead_id,
+            campaign_id=source.campaign_id,
+            source_id=source.source_id,
             lead=ev.LeadContent(fields=lead.fields, pii=pii),
         ),
-    )  # fmt: skip
+    )
     usage = ev.UsageIncremented.new(
         event_id=derived_id("usage", ev.UsageMetric.LEADS_RECEIVED, lead_id),
-        occurred_at=received_at, account_id=source.account_id, correlation_id=lead_id,
-        causation_id=received.event_id, producer="ingest",
-        payload=ev.UsageIncrementedPayload(metric=ev.UsageMetric.LEADS_RECEIVED, subject_id=lead_id),
-    )  # fmt: skip
+        occurred_at=received_at,
+        account_id=source.account_id,
+        correlation_id=lead_id,
+        causation_id=received.event_id,
+        producer="ingest",
+        payload=ev.UsageIncrementedPayload(
+            metric=ev.UsageMetric.LEADS_RECEIVED, subject_id=lead_id
+        ),
+    )
     try:
         await rt.publisher.publish_all([(received, lead_id), (usage, source.account_id)])
     except Exception as exc:  # not durably stored: answer 503 and leave nothing behind
@@ -168,9 +197,10 @@ async def _accept(rt: Runtime, source: store.SourceContext, lead: domain.Normali
 
 
 @router.get(
-    "/v1/leads/{lead_id}", response_model=LeadStatus,
+    "/v1/leads/{lead_id}",
+    response_model=LeadStatus,
     responses={401: POST_RESPONSES[401], 404: _error("lead_not_found", "no such lead of yours")},
-)  # fmt: skip
+)
 async def get_lead(lead_id: uuid.UUID, request: Request, source: Source) -> LeadStatus:
     """A source's view of one of its own leads: received, sold or unsold."""
     async with _runtime(request).db.begin() as conn:

@@ -15,12 +15,67 @@ from typing import Any
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
-
 from lx_schemas.events import FieldSpec, FieldType, FieldValue
 
 US_STATES = frozenset(
-    "AL AK AZ AR CA CO CT DE DC FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH "
-    "NJ NM NY NC ND OH OK OR PA RI SC SD TN TX UT VT VA WA WV WI WY PR VI GU AS MP".split()
+    [
+        "AL",
+        "AK",
+        "AZ",
+        "AR",
+        "CA",
+        "CO",
+        "CT",
+        "DE",
+        "DC",
+        "FL",
+        "GA",
+        "HI",
+        "ID",
+        "IL",
+        "IN",
+        "IA",
+        "KS",
+        "KY",
+        "LA",
+        "ME",
+        "MD",
+        "MA",
+        "MI",
+        "MN",
+        "MS",
+        "MO",
+        "MT",
+        "NE",
+        "NV",
+        "NH",
+        "NJ",
+        "NM",
+        "NY",
+        "NC",
+        "ND",
+        "OH",
+        "OK",
+        "OR",
+        "PA",
+        "RI",
+        "SC",
+        "SD",
+        "TN",
+        "TX",
+        "UT",
+        "VT",
+        "VA",
+        "WA",
+        "WV",
+        "WI",
+        "WY",
+        "PR",
+        "VI",
+        "GU",
+        "AS",
+        "MP",
+    ]
 )
 _ZIP = re.compile(r"^(\d{5})(?:-?\d{4})?$")
 _TRUE = {"true", "yes", "y", "1", "on"}
@@ -57,7 +112,7 @@ def _text(spec: FieldSpec, value: Any) -> str:
     return text
 
 
-def _normalise(spec: FieldSpec, value: Any) -> FieldValue:  # noqa: PLR0911 - one branch per type
+def _normalise(spec: FieldSpec, value: Any) -> FieldValue:
     t = spec.type
     if t is FieldType.BOOLEAN:
         if isinstance(value, bool):
@@ -93,12 +148,12 @@ def _normalise(spec: FieldSpec, value: Any) -> FieldValue:  # noqa: PLR0911 - on
             raise Invalid("invalid_email", str(exc)) from None
     if t is FieldType.PHONE:
         try:
-            number = phonenumbers.parse(text, "US")
+            phone = phonenumbers.parse(text, "US")
         except phonenumbers.NumberParseException as exc:
             raise Invalid("invalid_phone", str(exc)) from None
-        if not phonenumbers.is_valid_number(number):
+        if not phonenumbers.is_valid_number(phone):
             raise Invalid("invalid_phone", "not a valid phone number")
-        return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        return str(phonenumbers.format_number(phone, phonenumbers.PhoneNumberFormat.E164))
     if t is FieldType.DATE:
         try:
             return dt.date.fromisoformat(text).isoformat()

@@ -1,12 +1,12 @@
 """Ingest's composition root."""
 
 from fastapi import FastAPI
-
-from lx_ingest import api, handlers, store
-from lx_ingest.settings import IngestSettings
 from lx_platform.crypto import KeyWrapper
 from lx_platform.runtime import build_runtime, create_app
 from lx_schemas import topics
+
+from lx_ingest import api, handlers, store
+from lx_ingest.settings import IngestSettings
 
 
 def create_service(settings: IngestSettings | None = None) -> FastAPI:
@@ -18,8 +18,11 @@ def create_service(settings: IngestSettings | None = None) -> FastAPI:
         topics=[topics.CONFIG_CHANGED, topics.DELIVERY_OUTCOME],
         handler=handlers.handle,
     )
-    app = create_app(rt, title="LeadExchange ingest API",
-                     description="Traffic sources post leads here with their API key.")  # fmt: skip
+    app = create_app(
+        rt,
+        title="LeadExchange ingest API",
+        description="Traffic sources post leads here with their API key.",
+    )
     app.include_router(api.router)
     app.include_router(api.internal)
     return app

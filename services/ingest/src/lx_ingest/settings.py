@@ -1,9 +1,8 @@
 import base64
 
+from lx_platform.settings import ServiceSettings
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
-
-from lx_platform.settings import ServiceSettings
 
 # Development-only key-encryption key; production refuses it.
 DEV_KEK = base64.b64encode(b"lx-development-kek-not-a-secret!").decode()

@@ -9,11 +9,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from lx_platform.crypto import KeyWrapper, new_data_key
 from lx_schemas.events import CampaignState, FieldSpec, SourceState
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 
 @dataclass(frozen=True)
@@ -41,8 +40,14 @@ async def source_by_key_hash(conn: AsyncConnection, key_sha256: str) -> SourceCo
     if row is None:
         return None
     fields = tuple(FieldSpec.model_validate(f) for f in (row.fields or []))
-    return SourceContext(row.source_id, row.account_id, row.campaign_id, row.source_status,
-                         row.campaign_status, fields)  # fmt: skip
+    return SourceContext(
+        row.source_id,
+        row.account_id,
+        row.campaign_id,
+        row.source_status,
+        row.campaign_status,
+        fields,
+    )
 
 
 async def upsert_campaign(conn: AsyncConnection, c: CampaignState) -> None:
@@ -50,11 +55,16 @@ async def upsert_campaign(conn: AsyncConnection, c: CampaignState) -> None:
         text(
             "insert into campaigns (campaign_id, account_id, status, fields)"
             " values (:id, :a, :s, cast(:f as jsonb)) on conflict (campaign_id) do update"
-            " set account_id = excluded.account_id, status = excluded.status, fields = excluded.fields"
+            " set account_id = excluded.account_id, status = excluded.status,"
+            " fields = excluded.fields"
         ),
-        {"id": c.campaign_id, "a": c.account_id, "s": c.status,
-         "f": json.dumps([f.model_dump(mode="json") for f in c.fields])},
-    )  # fmt: skip
+        {
+            "id": c.campaign_id,
+            "a": c.account_id,
+            "s": c.status,
+            "f": json.dumps([f.model_dump(mode="json") for f in c.fields]),
+        },
+    )
 
 
 async def upsert_source(conn: AsyncConnection, s: SourceState) -> None:
@@ -65,9 +75,14 @@ async def upsert_source(conn: AsyncConnection, s: SourceState) -> None:
             " set account_id = excluded.account_id, campaign_id = excluded.campaign_id,"
             " status = excluded.status, api_key_sha256 = excluded.api_key_sha256"
         ),
-        {"id": s.source_id, "a": s.account_id, "c": s.campaign_id, "s": s.status,
-         "h": s.api_key_sha256},
-    )  # fmt: skip
+        {
+            "id": s.source_id,
+            "a": s.account_id,
+            "c": s.campaign_id,
+            "s": s.status,
+            "h": s.api_key_sha256,
+        },
+    )
 
 
 class KeyVault:
@@ -99,9 +114,14 @@ async def insert_lead(
             "insert into leads (lead_id, source_id, campaign_id, account_id, received_at)"
             " values (:l, :s, :c, :a, :r)"
         ),
-        {"l": lead_id, "s": ctx.source_id, "c": ctx.campaign_id, "a": ctx.account_id,
-         "r": received_at},
-    )  # fmt: skip
+        {
+            "l": lead_id,
+            "s": ctx.source_id,
+            "c": ctx.campaign_id,
+            "a": ctx.account_id,
+            "r": received_at,
+        },
+    )
 
 
 async def forget_lead(conn: AsyncConnection, lead_id: uuid.UUID) -> None:

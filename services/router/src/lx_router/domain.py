@@ -61,9 +61,13 @@ def first_step(plan: list[Offer]) -> Decision:
 
 
 def after_result(
-    plan: list[Offer], current_attempt: int, decided: bool, attempt: int, result: DeliveryResult,
+    plan: list[Offer],
+    current_attempt: int,
+    decided: bool,
+    attempt: int,
+    result: DeliveryResult,
     final: bool,
-) -> Decision:  # fmt: skip
+) -> Decision:
     """What follows a delivery result for offer ``attempt`` of a lead."""
     if decided or attempt != current_attempt or not final:
         return Wait()

@@ -5,13 +5,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from lx_platform.consumer import Consumed
 from lx_platform.outbox import Outbox
-from lx_router import domain, store
 from lx_schemas import events as ev
 from lx_schemas.envelope import Event, derived_id
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from lx_router import domain, store
 
 
 class RouterHandler:
@@ -39,10 +39,15 @@ class RouterHandler:
         plan = domain.plan_waterfall(await store.campaign_buyers(conn, p.campaign_id))
         decision = domain.first_step(plan)
         routing = store.Routing(
-            p.lead_id, event.account_id, p.campaign_id, p.source_id, p.lead, plan,
+            p.lead_id,
+            event.account_id,
+            p.campaign_id,
+            p.source_id,
+            p.lead,
+            plan,
             attempt=decision.attempt if isinstance(decision, domain.OfferNext) else 0,
             status="routing" if isinstance(decision, domain.OfferNext) else "exhausted",
-        )  # fmt: skip
+        )
         if not await store.insert_routing(conn, routing):
             return []  # routed before (a replayed lead.received under a new event id)
         return [self._emit(routing, decision, cause=event)]
@@ -55,9 +60,13 @@ class RouterHandler:
         if routing is None:
             return []
         decision = domain.after_result(
-            routing.plan, routing.attempt, routing.status != "routing", p.attempt, p.result,
+            routing.plan,
+            routing.attempt,
+            routing.status != "routing",
+            p.attempt,
+            p.result,
             p.final,
-        )  # fmt: skip
+        )
         if isinstance(decision, domain.Wait):
             return []
         if isinstance(decision, domain.OfferNext):
@@ -69,28 +78,39 @@ class RouterHandler:
     def _emit(
         self, r: store.Routing, decision: domain.Decision, cause: Event
     ) -> tuple[Event, uuid.UUID]:
-        common = {"account_id": r.account_id, "correlation_id": r.lead_id,
-                  "causation_id": cause.event_id, "producer": "router"}  # fmt: skip
+        common = {
+            "account_id": r.account_id,
+            "correlation_id": r.lead_id,
+            "causation_id": cause.event_id,
+            "producer": "router",
+        }
         if isinstance(decision, domain.OfferNext):
             offer = decision.offer
             routed = ev.LeadRouted.new(
                 event_id=derived_id("lead.routed", r.lead_id, decision.attempt),
                 payload=ev.LeadRoutedPayload(
-                    lead_id=r.lead_id, campaign_id=r.campaign_id, source_id=r.source_id,
-                    buyer_id=offer.buyer_id, attempt=decision.attempt,
+                    lead_id=r.lead_id,
+                    campaign_id=r.campaign_id,
+                    source_id=r.source_id,
+                    buyer_id=offer.buyer_id,
+                    attempt=decision.attempt,
                     delivery_id=derived_id("delivery", r.lead_id, offer.buyer_id, decision.attempt),
-                    price=offer.price, lead=r.lead,
+                    price=offer.price,
+                    lead=r.lead,
                 ),
                 **common,
-            )  # fmt: skip
+            )
             return routed, r.lead_id
         assert isinstance(decision, domain.Exhausted)
         exhausted = ev.LeadRoutingExhausted.new(
             event_id=derived_id("lead.routing_exhausted", r.lead_id),
             payload=ev.LeadRoutingExhaustedPayload(
-                lead_id=r.lead_id, campaign_id=r.campaign_id, source_id=r.source_id,
-                reason=decision.reason, attempts=decision.attempts,
+                lead_id=r.lead_id,
+                campaign_id=r.campaign_id,
+                source_id=r.source_id,
+                reason=decision.reason,
+                attempts=decision.attempts,
             ),
             **common,
-        )  # fmt: skip
+        )
         return exhausted, r.lead_id

@@ -1,11 +1,11 @@
 """Router's composition root."""
 
 from fastapi import FastAPI
-
 from lx_platform.runtime import build_runtime, create_app
+from lx_schemas import topics
+
 from lx_router.handlers import RouterHandler
 from lx_router.settings import RouterSettings
-from lx_schemas import topics
 
 
 def create_service(settings: RouterSettings | None = None) -> FastAPI:
@@ -16,5 +16,8 @@ def create_service(settings: RouterSettings | None = None) -> FastAPI:
         topics=[topics.CONFIG_CHANGED, topics.LEAD_RECEIVED, topics.DELIVERY_OUTCOME],
         handler=RouterHandler(rt.outbox),
     )
-    return create_app(rt, title="LeadExchange router",
-                      description="Routes each lead down its campaign's buyer waterfall.")  # fmt: skip
+    return create_app(
+        rt,
+        title="LeadExchange router",
+        description="Routes each lead down its campaign's buyer waterfall.",
+    )

@@ -1,6 +1,5 @@
-from pydantic_settings import SettingsConfigDict
-
 from lx_platform.settings import ServiceSettings
+from pydantic_settings import SettingsConfigDict
 
 
 class RouterSettings(ServiceSettings):

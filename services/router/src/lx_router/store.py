@@ -7,11 +7,11 @@ import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 
+from lx_schemas.events import BuyerState, LeadContent, Status
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from lx_router.domain import BuyerView, Offer
-from lx_schemas.events import BuyerState, LeadContent, Status
 
 
 async def upsert_buyer(conn: AsyncConnection, b: BuyerState) -> None:
@@ -57,10 +57,17 @@ async def insert_routing(conn: AsyncConnection, r: Routing) -> bool:
             " attempt, status) values (:l, :a, :c, :s, cast(:lead as jsonb), cast(:plan as jsonb),"
             " :att, :st) on conflict (lead_id) do nothing returning lead_id"
         ),
-        {"l": r.lead_id, "a": r.account_id, "c": r.campaign_id, "s": r.source_id,
-         "lead": r.lead.model_dump_json(), "plan": _plan_json(r.plan), "att": r.attempt,
-         "st": r.status},
-    )  # fmt: skip
+        {
+            "l": r.lead_id,
+            "a": r.account_id,
+            "c": r.campaign_id,
+            "s": r.source_id,
+            "lead": r.lead.model_dump_json(),
+            "plan": _plan_json(r.plan),
+            "att": r.attempt,
+            "st": r.status,
+        },
+    )
     return row.first() is not None
 
 
@@ -73,11 +80,21 @@ async def routing_for_update(conn: AsyncConnection, lead_id: uuid.UUID) -> Routi
     if row is None:
         return None
     plan = [Offer(uuid.UUID(o["buyer_id"]), Decimal(o["price"])) for o in row.plan]
-    return Routing(row.lead_id, row.account_id, row.campaign_id, row.source_id,
-                   LeadContent.model_validate(row.lead), plan, row.attempt, row.status)  # fmt: skip
+    return Routing(
+        row.lead_id,
+        row.account_id,
+        row.campaign_id,
+        row.source_id,
+        LeadContent.model_validate(row.lead),
+        plan,
+        row.attempt,
+        row.status,
+    )
 
 
-async def update_routing(conn: AsyncConnection, lead_id: uuid.UUID, attempt: int, status: str) -> None:
+async def update_routing(
+    conn: AsyncConnection, lead_id: uuid.UUID, attempt: int, status: str
+) -> None:
     await conn.execute(
         text(
             "update routings set attempt = :a, status = :s, updated_at = now() where lead_id = :l"
