@@ -83,12 +83,22 @@ def create_database(admin_dsn: str, name: str, *, exist_ok: bool = True) -> None
                 raise
 
 
-def drop_database(admin_dsn: str, name: str) -> None:
-    """Drop database ``name`` if it exists, disconnecting its sessions first."""
-    with psycopg.connect(libpq_dsn(admin_dsn), autocommit=True, connect_timeout=10) as conn:
-        conn.execute(
-            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
-        )
+def drop_database(admin_dsn: str, name: str, attempts: int = 20) -> None:
+    """Drop database ``name`` if it exists, disconnecting its sessions first.
+
+    ``WITH (FORCE)`` cannot end a superuser's backend, and on PostgreSQL 15 an autovacuum
+    worker busy in the database is one: such a refusal is retried until it has moved on.
+    """
+    statement = sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+    for attempt in range(attempts):
+        try:
+            with psycopg.connect(libpq_dsn(admin_dsn), autocommit=True, connect_timeout=10) as c:
+                c.execute(statement)
+            return
+        except psycopg.errors.InsufficientPrivilege:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
 
 
 def _conf_str(value: str) -> str:

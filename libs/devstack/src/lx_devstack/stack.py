@@ -232,12 +232,13 @@ class Seeded:
 
 
 def wait_groups_caught_up(
-    bootstrap: str, topic: str, groups: list[str], timeout: float = 30.0
+    bootstrap: str, topic: str, groups: list[str], keys: set[str], timeout: float = 30.0
 ) -> None:
-    """Until every group has committed ``topic`` up to its end.
+    """Until ``topic`` holds every key in ``keys`` and every group has consumed it all.
 
-    Configuration is eventually consistent: router and delivery learn a new buyer from
-    ``config.changed`` on their own clock. Demos and tests wait for them before leads flow.
+    Configuration is eventually consistent: admin answers once a change is in its outbox,
+    and router and delivery learn a new buyer from ``config.changed`` on their own clock.
+    Demos and tests wait for both before leads flow.
     """
 
     async def lagging() -> list[str]:
@@ -246,11 +247,19 @@ def wait_groups_caught_up(
         await consumer.start()
         await admin.start()
         try:
-            parts = consumer.partitions_for_topic(topic) or set()
-            if not parts:
-                await consumer._client.force_metadata_update()  # topic just created
-                parts = consumer.partitions_for_topic(topic) or set()
-            ends = await consumer.end_offsets([TopicPartition(topic, p) for p in parts])
+            (described,) = await admin.describe_topics([topic])
+            tps = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+            ends = await consumer.end_offsets(tps)
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            seen: set[str] = set()
+            pending = {tp for tp, end in ends.items() if end > 0}
+            while pending:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    seen.update(r.key.decode() for r in records if r.key)
+                pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
+            if not keys <= seen:
+                return ["(admin's outbox)"]
             behind = []
             for group in groups:
                 committed = await admin.list_consumer_group_offsets(group)
@@ -314,7 +323,9 @@ def seed(
     if wait_ingest_url:
         wait_source_known(wait_ingest_url, seeded.api_key)
     if wait_for_groups:
-        wait_groups_caught_up(*wait_for_groups)
+        bootstrap, topic, groups = wait_for_groups
+        entities = {seeded.account_id, seeded.campaign_id, seeded.source_id, *buyer_ids}
+        wait_groups_caught_up(bootstrap, topic, groups, keys=entities)
     return seeded
 
 
