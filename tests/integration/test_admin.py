@@ -8,21 +8,17 @@ of the lead topics. No delivery service runs here: the trace says so in
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from fastapi import FastAPI
+from aiokafka import ConsumerRecord
 from lx_admin.main import create_service
 from lx_admin.settings import AdminSettings
 from lx_devstack.infra import Infra
@@ -34,8 +30,8 @@ from lx_schemas.topics import CONFIG_CHANGED
 from sqlalchemy import text
 
 from tests.support.http import free_port
-from tests.support.kafka import publish, read_records
-from tests.support.services import OPERATOR, serving, settings_for
+from tests.support.kafka import publish, read_to_end
+from tests.support.services import OPERATOR, eventually, hosted, settings_for
 
 T = TypeVar("T")
 FIELDS = [
@@ -46,72 +42,6 @@ FIELDS = [
 
 
 # --- helpers --------------------------------------------------------------------------------
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]], *, within: float = 20.0, what: str = "condition"
-) -> T:
-    """Await ``probe()`` until it returns something truthy; fail with the last value."""
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{what} not reached within {within}s (last: {value!r})")
-        await asyncio.sleep(0.1)
-
-
-@contextlib.asynccontextmanager
-async def hosted(app: FastAPI) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
-    """``serving`` run inside one background task, so that a module fixture's setup and
-    teardown (which pytest runs in different tasks) enter and leave it in the same task."""
-    ready: asyncio.Future[tuple[httpx.AsyncClient, Runtime]] = asyncio.Future()
-    stop = asyncio.Event()
-
-    async def hold() -> None:
-        try:
-            async with serving(app) as running:
-                ready.set_result(running)
-                await stop.wait()
-        except BaseException as exc:
-            if not ready.done():
-                ready.set_exception(exc)
-            raise
-
-    task = asyncio.create_task(hold())
-    try:
-        yield await ready
-    finally:
-        stop.set()
-        await task
-
-
-async def read_to_end(bootstrap: str, topic: str) -> list[ConsumerRecord[Any, Any]]:
-    """Every record of ``topic`` up to its end as of now, from every partition."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        (described,) = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await reader.start()
-    try:
-        tps = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
-        ends = {tp.partition: end for tp, end in (await reader.end_offsets(tps)).items()}
-    finally:
-        await reader.stop()
-
-    def complete(records: list[ConsumerRecord[Any, Any]]) -> bool:
-        last: dict[int, int] = {}
-        for r in records:
-            last[r.partition] = max(last.get(r.partition, -1), r.offset)
-        return all(last.get(p, -1) >= end - 1 for p, end in ends.items())
-
-    records = await read_records(bootstrap, topic, until=complete)
-    assert complete(records), f"could not read {topic} to its end"
-    return records
 
 
 @dataclass

@@ -32,7 +32,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Mount, Route
 
-from tests.integration.kafka_settle import (
+from tests.support.http import ThreadedServer
+from tests.support.services import serving, settings_for
+from tests.support.settle import (
     publish,
     read_all,
     republished,
@@ -40,8 +42,6 @@ from tests.integration.kafka_settle import (
     wait_consumed,
     wait_relayed,
 )
-from tests.support.http import ThreadedServer
-from tests.support.services import serving, settings_for
 
 ACCOUNT = uuid.uuid4()
 SOURCE = uuid.uuid4()

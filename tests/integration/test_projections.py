@@ -12,11 +12,9 @@ by a distribution often run in the machine's local zone).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -25,7 +23,6 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from fastapi import FastAPI
 from lx_analytics.main import create_service as create_analytics
 from lx_analytics.settings import AnalyticsSettings
 from lx_billing.main import create_service as create_billing
@@ -36,7 +33,7 @@ from lx_schemas import Event
 from lx_schemas import events as ev
 
 from tests.support.kafka import publish
-from tests.support.services import OPERATOR, serving, settings_for
+from tests.support.services import OPERATOR, eventually, hosted, settings_for
 
 T = TypeVar("T")
 NOT_UTC = "options=-c%20timezone%3DAmerica/New_York"  # UTC-4 in mid-March 2025
@@ -61,45 +58,6 @@ def at(day: int, hour: int, minute: int, second: float = 0, month: int = 3) -> d
 
 
 # --- helpers --------------------------------------------------------------------------------
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]], *, within: float = 20.0, what: str = "condition"
-) -> T:
-    """Await ``probe()`` until it returns something truthy; fail with the last value."""
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{what} not reached within {within}s (last: {value!r})")
-        await asyncio.sleep(0.1)
-
-
-@contextlib.asynccontextmanager
-async def hosted(app: FastAPI) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
-    """``serving`` run inside one background task, so that a module fixture's setup and
-    teardown (which pytest runs in different tasks) enter and leave it in the same task."""
-    ready: asyncio.Future[tuple[httpx.AsyncClient, Runtime]] = asyncio.Future()
-    stop = asyncio.Event()
-
-    async def hold() -> None:
-        try:
-            async with serving(app) as running:
-                ready.set_result(running)
-                await stop.wait()
-        except BaseException as exc:
-            if not ready.done():
-                ready.set_exception(exc)
-            raise
-
-    task = asyncio.create_task(hold())
-    try:
-        yield await ready
-    finally:
-        stop.set()
-        await task
 
 
 async def caught_up(bootstrap: str, rt: Runtime) -> bool:

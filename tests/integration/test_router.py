@@ -21,14 +21,14 @@ from lx_schemas.envelope import Event, derived_id
 from lx_schemas.topics import LEAD_ROUTED
 from sqlalchemy import text
 
-from tests.integration.kafka_settle import (
+from tests.support.services import serving, settings_for
+from tests.support.settle import (
     publish,
     read_all,
     republished,
     wait_consumed,
     wait_relayed,
 )
-from tests.support.services import serving, settings_for
 
 ACCOUNT = uuid.uuid4()
 SOURCE = uuid.uuid4()

@@ -92,3 +92,30 @@ async def read_events(
 
 def of_type(events: Iterable[Event], cls: type[Event]) -> list[Any]:
     return [e for e in events if isinstance(e, cls)]
+
+
+async def read_to_end(bootstrap: str, topic: str) -> list[ConsumerRecord[Any, Any]]:
+    """Every record of ``topic`` up to its end as of now, from every partition."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await reader.start()
+    try:
+        tps = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+        ends = {tp.partition: end for tp, end in (await reader.end_offsets(tps)).items()}
+    finally:
+        await reader.stop()
+
+    def complete(records: list[ConsumerRecord[Any, Any]]) -> bool:
+        last: dict[int, int] = {}
+        for r in records:
+            last[r.partition] = max(last.get(r.partition, -1), r.offset)
+        return all(last.get(p, -1) >= end - 1 for p, end in ends.items())
+
+    records = await read_records(bootstrap, topic, until=complete)
+    assert complete(records), f"could not read {topic} to its end"
+    return records

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import httpx
@@ -14,6 +15,7 @@ from lx_platform.runtime import Runtime
 from lx_platform.settings import KafkaSettings, ServiceSettings
 
 S = TypeVar("S", bound=ServiceSettings)
+T = TypeVar("T")
 OPERATOR = {"authorization": "Bearer dev-operator-token"}
 
 
@@ -35,3 +37,42 @@ async def serving(app: FastAPI) -> AsyncIterator[tuple[httpx.AsyncClient, Runtim
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
             yield client, app.state.runtime
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]], *, within: float = 20.0, what: str = "condition"
+) -> T:
+    """Await ``probe()`` until it returns something truthy; fail with the last value."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what} not reached within {within}s (last: {value!r})")
+        await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def hosted(app: FastAPI) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
+    """``serving`` run inside one background task, so that a module fixture's setup and
+    teardown (which pytest runs in different tasks) enter and leave it in the same task."""
+    ready: asyncio.Future[tuple[httpx.AsyncClient, Runtime]] = asyncio.Future()
+    stop = asyncio.Event()
+
+    async def hold() -> None:
+        try:
+            async with serving(app) as running:
+                ready.set_result(running)
+                await stop.wait()
+        except BaseException as exc:
+            if not ready.done():
+                ready.set_exception(exc)
+            raise
+
+    task = asyncio.create_task(hold())
+    try:
+        yield await ready
+    finally:
+        stop.set()
+        await task
