@@ -1,0 +1,1 @@
+"""lxctl: rebuild and verify projections, replay ranges, handle dead letters, see lag."""

@@ -1,0 +1,17 @@
+"""lxctl's settings: where Kafka, its audit database and the projections' databases are."""
+
+from __future__ import annotations
+
+import os
+
+from lx_platform.settings import ServiceSettings
+from pydantic_settings import SettingsConfigDict
+
+
+class SreSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="LX_SRE_", extra="ignore")
+
+    # Audit records of every executed replay, rebuild and dead-letter decision.
+    database_url: str = "postgresql+psycopg://lx:lx@127.0.0.1:55432/lx_sre"
+    http_port: int = 0  # lxctl serves nothing
+    actor: str = os.environ.get("USER", "unknown")

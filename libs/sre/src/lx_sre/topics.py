@@ -1,0 +1,8 @@
+"""Placeholder: being written."""
+
+import typer
+
+app = typer.Typer()
+
+
+def lag() -> None: ...
