@@ -76,6 +76,38 @@ def is_transient(exc: BaseException) -> bool:
 _DECODE_ERRORS = (UnknownEventError, ValidationError, ValueError, UnicodeDecodeError)
 
 
+async def claim_events(
+    conn: AsyncConnection, consumer: str, items: Sequence[Consumed]
+) -> list[Consumed]:
+    """Record the events' ids as processed by ``consumer``, in the caller's transaction;
+    returns only those it had not processed before, each once."""
+    if not items:
+        return []
+    rows = await conn.execute(
+        text(
+            'insert into processed_events (consumer, event_id, topic, partition, "offset")'
+            " select :c, * from unnest("
+            "  cast(:ids as uuid[]), cast(:topics as text[]), cast(:parts as int[]),"
+            "  cast(:offs as bigint[]))"
+            " on conflict do nothing returning event_id"
+        ),
+        {
+            "c": consumer,
+            "ids": [i.event.event_id for i in items],
+            "topics": [i.topic for i in items],
+            "parts": [i.partition for i in items],
+            "offs": [i.offset for i in items],
+        },
+    )
+    new_ids = {r[0] for r in rows}
+    fresh, seen = [], set()
+    for item in items:  # a batch can hold the same event twice (re-published)
+        if item.event.event_id in new_ids and item.event.event_id not in seen:
+            seen.add(item.event.event_id)
+            fresh.append(item)
+    return fresh
+
+
 class IdempotentConsumer:
     """Registers one FastStream batch subscriber whose handler is exactly-once in effect."""
 
@@ -249,32 +281,7 @@ class IdempotentConsumer:
         return row.first() is not None
 
     async def _claim(self, conn: AsyncConnection, items: Sequence[Consumed]) -> list[Consumed]:
-        """Record the event ids as processed; returns only those not processed before."""
-        if not items:
-            return []
-        rows = await conn.execute(
-            text(
-                'insert into processed_events (consumer, event_id, topic, partition, "offset")'
-                " select :c, * from unnest("
-                "  cast(:ids as uuid[]), cast(:topics as text[]), cast(:parts as int[]),"
-                "  cast(:offs as bigint[]))"
-                " on conflict do nothing returning event_id"
-            ),
-            {
-                "c": self.group_id,
-                "ids": [i.event.event_id for i in items],
-                "topics": [i.topic for i in items],
-                "parts": [i.partition for i in items],
-                "offs": [i.offset for i in items],
-            },
-        )
-        new_ids = {r[0] for r in rows}
-        fresh, seen = [], set()
-        for item in items:  # a batch can hold the same event twice (re-published)
-            if item.event.event_id in new_ids and item.event.event_id not in seen:
-                seen.add(item.event.event_id)
-                fresh.append(item)
-        return fresh
+        return await claim_events(conn, self.group_id, items)
 
     async def _dead_letter(
         self, conn: AsyncConnection, record: ConsumerRecord[Any, Any], exc: BaseException

@@ -24,10 +24,17 @@ log = get_logger(__name__)
 class Database:
     """One service's database. Creating it does not connect."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, schema: str | None = None) -> None:
+        """``schema``: run every session in that schema (a projection's shadow copy)."""
         self.url = url
+        self.schema = schema
+        connect_args = {"options": f"-csearch_path={schema}"} if schema else {}
         self.engine: AsyncEngine = create_async_engine(
-            url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+            url,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            pool_pre_ping=True,
+            connect_args=connect_args,
         )
 
     @asynccontextmanager
