@@ -8,13 +8,14 @@ PY := .venv/bin/python
 export UV_PYTHON := $(PYTHON)
 export UV_LINK_MODE := copy
 
-.PHONY: help setup run stop test test-unit test-integration test-e2e lint format clean
+.PHONY: help setup run stop test test-unit test-integration test-e2e lint format clean bench-rebuild
 
 help:
 	@echo "make run     - set up, start Kafka, PostgreSQL, every service and a demo buyer"
 	@echo "make test    - set up, run unit, integration and end-to-end tests"
 	@echo "make lint    - ruff and mypy --strict"
 	@echo "make stop    - stop everything make run started"
+	@echo "make bench-rebuild - rebuild rate of each projection on a log of 350,000 events"
 	@echo "make clean   - stop and delete local state (.local, .venv)"
 
 $(UV):
@@ -50,6 +51,9 @@ lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy libs/*/src services/*/src
+
+bench-rebuild: setup
+	$(PY) bench/rebuild.py
 
 format: setup
 	$(PY) -m ruff format .

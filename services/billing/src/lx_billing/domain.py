@@ -14,6 +14,21 @@ class Entry:
     amount: Decimal  # debit > 0, credit < 0
 
 
+@dataclass(frozen=True)
+class Booking:
+    """One ledger transaction with its entries; ``txn_id`` makes booking it idempotent."""
+
+    txn_id: uuid.UUID
+    account_id: uuid.UUID
+    kind: str
+    lead_id: uuid.UUID | None
+    buyer_id: uuid.UUID | None
+    amount: Decimal
+    occurred_at: dt.datetime
+    source_event_id: uuid.UUID
+    entries: tuple[Entry, ...]
+
+
 def sale_entries(account_id: uuid.UUID, buyer_id: uuid.UUID, price: Decimal) -> list[Entry]:
     """A sold lead: the buyer owes its price; the account earns it."""
     entries = [

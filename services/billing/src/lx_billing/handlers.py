@@ -17,6 +17,7 @@ from lx_billing import domain, store
 
 async def project(conn: AsyncConnection, batch: Sequence[Consumed]) -> None:
     usage: Counter[tuple[uuid.UUID, dt.date, str]] = Counter()
+    bookings: list[domain.Booking] = []
     for item in batch:
         event = item.event
         if isinstance(event, ev.UsageIncremented):
@@ -24,16 +25,18 @@ async def project(conn: AsyncConnection, batch: Sequence[Consumed]) -> None:
             usage[key] += event.payload.quantity
         elif isinstance(event, ev.LeadSold):
             p = event.payload
-            await store.book(
-                conn,
-                txn_id=derived_id("ledger.sale", p.lead_id),
-                account_id=event.account_id,
-                kind="lead_sale",
-                lead_id=p.lead_id,
-                buyer_id=p.buyer_id,
-                amount=p.price,
-                occurred_at=event.occurred_at,
-                source_event_id=event.event_id,
-                entries=domain.sale_entries(event.account_id, p.buyer_id, p.price),
+            bookings.append(
+                domain.Booking(
+                    txn_id=derived_id("ledger.sale", p.lead_id),
+                    account_id=event.account_id,
+                    kind="lead_sale",
+                    lead_id=p.lead_id,
+                    buyer_id=p.buyer_id,
+                    amount=p.price,
+                    occurred_at=event.occurred_at,
+                    source_event_id=event.event_id,
+                    entries=tuple(domain.sale_entries(event.account_id, p.buyer_id, p.price)),
+                )
             )
+    await store.book(conn, bookings)
     await store.add_usage(conn, dict(usage))

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from lx_billing.domain import Entry
+from lx_billing.domain import Booking
 
 
 async def add_usage(conn: AsyncConnection, rows: dict[tuple[uuid.UUID, dt.date, str], int]) -> None:
@@ -26,41 +26,39 @@ async def add_usage(conn: AsyncConnection, rows: dict[tuple[uuid.UUID, dt.date, 
         )
 
 
-async def book(
-    conn: AsyncConnection,
-    *,
-    txn_id: uuid.UUID,
-    account_id: uuid.UUID,
-    kind: str,
-    lead_id: uuid.UUID | None,
-    buyer_id: uuid.UUID | None,
-    amount: Decimal,
-    occurred_at: dt.datetime,
-    source_event_id: uuid.UUID,
-    entries: Sequence[Entry],
-) -> None:
-    inserted = await conn.execute(
+async def book(conn: AsyncConnection, bookings: Sequence[Booking]) -> None:
+    """Book transactions not booked before, with their entries, in one statement."""
+    unique = list({b.txn_id: b for b in reversed(bookings)}.values())
+    if not unique:
+        return
+    entries = [(b.txn_id, e) for b in unique for e in b.entries]
+    await conn.execute(
         text(
-            "insert into ledger_transactions (txn_id, account_id, kind, lead_id, buyer_id, amount,"
-            " occurred_at, source_event_id) values (:t, :a, :k, :l, :b, :amt, :at, :e)"
-            " on conflict do nothing returning txn_id"
+            "with booked as ("
+            " insert into ledger_transactions (txn_id, account_id, kind, lead_id, buyer_id,"
+            "  amount, occurred_at, source_event_id)"
+            " select * from unnest(cast(:t as uuid[]), cast(:a as uuid[]), cast(:k as text[]),"
+            "  cast(:l as uuid[]), cast(:b as uuid[]), cast(:amt as numeric[]),"
+            "  cast(:at as timestamptz[]), cast(:e as uuid[]))"
+            " on conflict do nothing returning txn_id)"
+            " insert into ledger_entries (txn_id, ledger_account, amount)"
+            " select e.txn_id, e.account, e.amount from unnest(cast(:et as uuid[]),"
+            "  cast(:ea as text[]), cast(:em as numeric[])) as e(txn_id, account, amount)"
+            " join booked using (txn_id)"
         ),
         {
-            "t": txn_id,
-            "a": account_id,
-            "k": kind,
-            "l": lead_id,
-            "b": buyer_id,
-            "amt": amount,
-            "at": occurred_at,
-            "e": source_event_id,
+            "t": [b.txn_id for b in unique],
+            "a": [b.account_id for b in unique],
+            "k": [b.kind for b in unique],
+            "l": [b.lead_id for b in unique],
+            "b": [b.buyer_id for b in unique],
+            "amt": [b.amount for b in unique],
+            "at": [b.occurred_at for b in unique],
+            "e": [b.source_event_id for b in unique],
+            "et": [txn for txn, _ in entries],
+            "ea": [e.ledger_account for _, e in entries],
+            "em": [e.amount for _, e in entries],
         },
-    )
-    if inserted.first() is None:
-        return  # booked before
-    await conn.execute(
-        text("insert into ledger_entries (txn_id, ledger_account, amount) values (:t, :acc, :amt)"),
-        [{"t": txn_id, "acc": e.ledger_account, "amt": e.amount} for e in entries],
     )
 
 
