@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import psycopg
 from lx_devstack.infra import Infra
 from lx_platform.consumer import Consumed
+from lx_platform.kafka import ensure_topics
 from lx_platform.runtime import build_runtime, start_runtime, stop_runtime
 from lx_platform.settings import ServiceSettings
 from lx_schemas import events as ev
@@ -120,6 +121,22 @@ async def test_each_effect_happens_once_and_poison_is_dead_lettered(
     assert {r.value for r in dead} == {b"\x00 not an event", poison.to_json()}
     assert probe.flaky_failures == 1  # failed once, retried, applied once
 
+    # The metrics say the same: seven records, the copy of good[0] a duplicate (the flaky
+    # event's retry re-finding its own batch's work is not), two dead letters.
+    group = f"{isolation}.probe"
+
+    def count(name: str) -> float | None:
+        registry = rt.metrics.registry  # type: ignore[attr-defined]
+        value: float | None = registry.get_sample_value(name, {"group": group, "topic": topic})
+        return value
+
+    async def all_counted() -> bool:
+        return count("lx_events_consumed_total") == 7
+
+    await _wait(all_counted)
+    assert count("lx_events_duplicate_total") == 1
+    assert count("lx_events_dead_lettered_total") == 2
+
     # A restart re-reads nothing it committed, and a re-published event changes nothing.
     await stop_runtime(rt)  # type: ignore[arg-type]
     rt = runtime()
@@ -145,3 +162,44 @@ async def test_each_effect_happens_once_and_poison_is_dead_lettered(
         ).all()
     assert sorted(str(r.event_id) for r in rows) == sorted(["None", str(poison.event_id)])
     await stop_runtime(rt)  # type: ignore[arg-type]
+
+
+async def test_a_batch_retried_after_a_transient_failure_counts_each_record_once(
+    infra: Infra, isolation: str
+) -> None:
+    settings = settings_for(ProbeSettings, infra, f"{isolation}b", "probe")
+    prefix = settings.kafka.topic_prefix
+    topic = USAGE_INCREMENTED.qualified(prefix)
+    group = f"{prefix}probe"
+    good, poison, flaky = usage(uuid.uuid4()), usage(POISON), usage(FLAKY)
+    # Published before the consumer starts, so that its first fetch is one batch of all:
+    # the poison sends it down the one-by-one path, where the flaky event's transient
+    # failure retries the whole batch, which then finds its own earlier work recorded.
+    await ensure_topics(settings.kafka, [USAGE_INCREMENTED])
+    await publish(
+        infra.kafka_bootstrap,
+        prefix,
+        [(good, ACCOUNT), (good, ACCOUNT), (poison, ACCOUNT), (flaky, ACCOUNT)],
+    )
+    probe = Probe()
+    rt = build_runtime("probe", settings, migrations=[])
+    rt.consume(group_id="probe", topics=[USAGE_INCREMENTED], handler=probe)
+    async with rt.db.begin() as conn:
+        await conn.exec_driver_sql("create table if not exists effects (event_id uuid not null)")
+    await start_runtime(rt)
+
+    def count(name: str, **labels: str) -> float | None:
+        return rt.metrics.registry.get_sample_value(name, {"group": group, **labels})
+
+    async def batch_done() -> bool:
+        return count("lx_handler_seconds_count") == 1
+
+    try:
+        await _wait(batch_done)
+        assert probe.flaky_failures == 1
+        assert await _effects(rt.db) == sorted([good.event_id, flaky.event_id])
+        assert count("lx_events_consumed_total", topic=topic) == 4
+        assert count("lx_events_duplicate_total", topic=topic) == 1  # the copy of good
+        assert count("lx_events_dead_lettered_total", topic=topic) == 1  # the poison
+    finally:
+        await stop_runtime(rt)

@@ -13,8 +13,10 @@ causes it, which goes to ``<topic>.dlq`` with its origin, never into a tight loo
 from __future__ import annotations
 
 import json
+import time
 import traceback
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,9 +24,10 @@ from typing import Any
 import psycopg
 import sqlalchemy.exc
 from aiokafka import ConsumerRecord
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
+from faststream.kafka.subscriber.usecase import BatchSubscriber
 from lx_schemas.envelope import Event, UnknownEventError, decode_event, utcnow
 from lx_schemas.topics import TopicSpec
 from pydantic import ValidationError
@@ -35,6 +38,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exp
 from lx_platform.db import Database
 from lx_platform.kafka import dead_letter_topic
 from lx_platform.logging import get_logger
+from lx_platform.metrics import Metrics
 from lx_platform.outbox import Outbox, OutboxRelay
 
 log = get_logger(__name__)
@@ -108,6 +112,41 @@ async def claim_events(
     return fresh
 
 
+async def partition_lag(consumer: Any) -> dict[tuple[str, int], int]:
+    """Per partition assigned to an aiokafka consumer: the log end it last fetched minus
+    its position (the next offset handed to the handler, so a batch being handled counts
+    as consumed). Partitions not fetched yet are left out rather than guessed."""
+    lag: dict[tuple[str, int], int] = {}
+    for tp in consumer.assignment():
+        end = consumer.highwater(tp)
+        if end is None:
+            continue
+        try:
+            position = await consumer.position(tp)
+        except IllegalStateError:  # revoked by a rebalance meanwhile
+            continue
+        lag[(tp.topic, tp.partition)] = max(0, end - position)
+    return lag
+
+
+class _Tally:
+    """The committed fate of each record of one batch, across its attempts: a retry after
+    a transient failure finds its own earlier work recorded, which is no duplicate."""
+
+    def __init__(self) -> None:
+        self._settled: set[tuple[str, int, int]] = set()
+        self.duplicates: Counter[str] = Counter()
+
+    def record(self, record: Consumed | ConsumerRecord[Any, Any], *, new: bool) -> None:
+        """``new``: applied or dead-lettered now; else skipped as processed before."""
+        position = (record.topic, record.partition, record.offset)
+        if position in self._settled:
+            return
+        self._settled.add(position)
+        if not new:
+            self.duplicates[record.topic] += 1
+
+
 class IdempotentConsumer:
     """Registers one FastStream batch subscriber whose handler is exactly-once in effect."""
 
@@ -120,6 +159,7 @@ class IdempotentConsumer:
         db: Database,
         outbox: Outbox,
         relay: OutboxRelay,
+        metrics: Metrics,
         topic_prefix: str = "",
         after_commit: Callable[[], None] | None = None,
     ) -> None:
@@ -131,8 +171,10 @@ class IdempotentConsumer:
         self.db = db
         self.outbox = outbox
         self.relay = relay
+        self.metrics = metrics
         self.consumed = 0
         self.dead_lettered = 0
+        self._subscriber: BatchSubscriber | None = None
 
     def register(
         self,
@@ -142,7 +184,7 @@ class IdempotentConsumer:
         batch_timeout_ms: int,
         max_records: int,
     ) -> None:
-        @broker.subscriber(
+        self._subscriber = broker.subscriber(
             *self.topics,
             group_id=self.group_id,
             batch=True,
@@ -153,6 +195,8 @@ class IdempotentConsumer:
             ack_policy=AckPolicy.MANUAL,
             title=f"{self.group_id}:{','.join(self.topics)}",
         )
+
+        @self._subscriber  # the subscriber's aiokafka consumer is read for lag
         async def consume(body: Any, message: KafkaMessage) -> None:
             raw = message.raw_message
             records: tuple[ConsumerRecord[Any, Any], ...] = (
@@ -161,8 +205,16 @@ class IdempotentConsumer:
             await self.process(records)
             await message.ack()
 
+    async def lag(self) -> dict[tuple[str, int], int]:
+        """Records beyond this member's position in each partition it is assigned."""
+        consumer = self._subscriber.consumer if self._subscriber else None
+        if consumer is None:  # not started, or stopped
+            return {}
+        return await partition_lag(consumer)
+
     async def process(self, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
         """Apply a batch; returns only once its effects are committed to the database."""
+        started = time.perf_counter()
         decoded: list[Consumed] = []
         poison: list[tuple[ConsumerRecord[Any, Any], BaseException]] = []
         for record in records:
@@ -173,6 +225,7 @@ class IdempotentConsumer:
                 continue
             decoded.append(Consumed(event, record.topic, record.partition, record.offset))
 
+        tally = _Tally()
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(is_transient),
             wait=wait_exponential_jitter(multiplier=0.2, max=10.0),
@@ -180,8 +233,14 @@ class IdempotentConsumer:
             reraise=True,
         ):
             with attempt:
-                await self._apply(decoded, poison)
+                await self._apply(decoded, poison, tally)
         self.consumed += len(records)
+        m = self.metrics
+        m.handler_seconds.labels(self.group_id).observe(time.perf_counter() - started)
+        for topic, n in Counter(r.topic for r in records).items():
+            m.events_consumed.labels(self.group_id, topic).inc(n)
+        for topic, n in tally.duplicates.items():
+            m.events_duplicate.labels(self.group_id, topic).inc(n)
         self.relay.wake()
         if self.after_commit is not None:
             self.after_commit()
@@ -199,15 +258,21 @@ class IdempotentConsumer:
         self,
         decoded: list[Consumed],
         poison: list[tuple[ConsumerRecord[Any, Any], BaseException]],
+        tally: _Tally,
     ) -> None:
         try:
             async with self.db.begin() as conn:
-                dead = [(r, e) for r, e in poison if await self._dead_letter(conn, r, e)]
+                dead = [await self._dead_letter(conn, r, e) for r, e in poison]
                 fresh = await self._claim(conn, decoded)
                 if fresh:
                     await self.handler(conn, fresh)
-            for record, exc in dead:
-                self._log_dead_letter(record, exc)
+            for (record, exc), dead_lettered in zip(poison, dead, strict=True):
+                if dead_lettered:
+                    self._log_dead_letter(record, exc)
+                tally.record(record, new=dead_lettered)
+            applied = {id(item) for item in fresh}
+            for item in decoded:
+                tally.record(item, new=id(item) in applied)
             return
         except Exception as batch_error:
             if is_transient(batch_error):
@@ -219,23 +284,26 @@ class IdempotentConsumer:
                 dead_lettered = await self._dead_letter(conn, record, error)
             if dead_lettered:
                 self._log_dead_letter(record, error)
+            tally.record(record, new=dead_lettered)
         for item in decoded:
             try:
                 async with self.db.begin() as conn:
                     fresh = await self._claim(conn, [item])
                     if fresh:
                         await self.handler(conn, fresh)
+                tally.record(item, new=bool(fresh))
             except Exception as exc:
                 if is_transient(exc):
                     raise
-                await self._dead_letter_event(item, exc)
+                tally.record(item, new=await self._dead_letter_event(item, exc))
 
-    async def _dead_letter_event(self, item: Consumed, exc: BaseException) -> None:
+    async def _dead_letter_event(self, item: Consumed, exc: BaseException) -> bool:
+        """False if this record was dead-lettered before (a redelivery)."""
         async with self.db.begin() as conn:
             if not await self._record_dead_letter(
                 conn, item.topic, item.partition, item.offset, item.event.event_id, exc
             ):
-                return
+                return False
             await self.outbox.stage_raw(
                 conn,
                 topic=dead_letter_topic(item.topic),
@@ -244,6 +312,7 @@ class IdempotentConsumer:
                 value=item.event.to_json(),
             )
         self.dead_lettered += 1
+        self.metrics.events_dead_lettered.labels(self.group_id, item.topic).inc()
         log.error(
             "event_dead_lettered",
             group=self.group_id,
@@ -253,6 +322,7 @@ class IdempotentConsumer:
             lead_id=str(item.event.correlation_id),
             error=repr(exc),
         )
+        return True
 
     async def _record_dead_letter(
         self,
@@ -302,6 +372,7 @@ class IdempotentConsumer:
 
     def _log_dead_letter(self, record: ConsumerRecord[Any, Any], exc: BaseException) -> None:
         self.dead_lettered += 1
+        self.metrics.events_dead_lettered.labels(self.group_id, record.topic).inc()
         log.error(
             "record_dead_lettered",
             group=self.group_id,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -14,6 +15,7 @@ from lx_schemas.envelope import Event
 from lx_schemas.topics import ALL_TOPICS, DEAD_LETTER_PARTITIONS, KEEP_FOREVER, TopicSpec, topic_for
 
 from lx_platform.logging import get_logger
+from lx_platform.metrics import Metrics
 from lx_platform.settings import KafkaSettings
 
 log = get_logger(__name__)
@@ -89,17 +91,20 @@ def encode_key(key: uuid.UUID | str) -> bytes:
 class EventPublisher:
     """Publishes events to their topics, waiting for the broker's acknowledgement."""
 
-    def __init__(self, broker: KafkaBroker, topic_prefix: str = "") -> None:
+    def __init__(self, broker: KafkaBroker, topic_prefix: str = "", *, metrics: Metrics) -> None:
         self.broker = broker
         self.prefix = topic_prefix
+        self.metrics = metrics
 
     def topic(self, event: Event) -> str:
         return topic_for(type(event)).qualified(self.prefix)
 
     async def publish(self, event: Event, key: uuid.UUID | str) -> None:
+        topic = self.topic(event)
         await self.broker.publish(
-            event.to_json(), self.topic(event), key=encode_key(key), headers=event.headers()
+            event.to_json(), topic, key=encode_key(key), headers=event.headers()
         )
+        self.metrics.events_produced.labels(topic).inc()
 
     async def publish_all(self, items: Iterable[tuple[Event, uuid.UUID | str]]) -> None:
         """Send all at once and wait for every acknowledgement (one round trip, not N)."""
@@ -110,9 +115,15 @@ class EventPublisher:
     async def publish_raw(
         self, records: Iterable[tuple[str, bytes | None, dict[str, str], bytes]]
     ) -> None:
-        futures: list[Any] = [
-            await self.broker.publish(value, topic, key=key, headers=headers, no_confirm=True)
-            for topic, key, headers, value in records
-        ]
+        futures: list[Any] = []
+        topics: Counter[str] = Counter()
+        for topic, key, headers, value in records:
+            futures.append(
+                await self.broker.publish(value, topic, key=key, headers=headers, no_confirm=True)
+            )
+            topics[topic] += 1
         if futures:
             await asyncio.gather(*futures)
+        # Counted once Kafka acknowledged every record (acks=all).
+        for topic, n in topics.items():
+            self.metrics.events_produced.labels(topic).inc(n)

@@ -104,8 +104,15 @@ class OutboxRelay:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def backlog(self) -> int:
-        async with self.db.begin() as conn:
+    async def backlog(self, *, timeout_s: float | None = None) -> int:
+        """Rows waiting to be sent; with ``timeout_s`` the count gives up (``TimeoutError``)
+        rather than hold a scrape or a pool connection behind a struggling database."""
+        async with asyncio.timeout(timeout_s), self.db.begin() as conn:
+            if timeout_s is not None:
+                await conn.execute(
+                    text("select set_config('statement_timeout', :t, true)"),
+                    {"t": f"{int(timeout_s * 1000)}ms"},
+                )
             return int(await conn.scalar(text("select count(*) from outbox")) or 0)
 
     async def _run(self) -> None:

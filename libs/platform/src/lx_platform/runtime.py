@@ -3,6 +3,8 @@ lifespan that connects, migrates, creates topics and starts consumers and the re
 
 from __future__ import annotations
 
+import asyncio
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ from lx_platform.db import Database, apply_migrations, ensure_database
 from lx_platform.http import health_router, problem
 from lx_platform.kafka import EventPublisher, ensure_topics, make_broker
 from lx_platform.logging import configure_logging, get_logger
+from lx_platform.metrics import HttpMetrics, Metrics
 from lx_platform.outbox import Outbox, OutboxRelay
 from lx_platform.settings import ServiceSettings
 
@@ -40,6 +43,7 @@ class Runtime:
     publisher: EventPublisher
     outbox: Outbox
     relay: OutboxRelay
+    metrics: Metrics
     migrations: Sequence[str]
     consumers: list[IdempotentConsumer] = field(default_factory=list)
     on_start: list[Hook] = field(default_factory=list)
@@ -64,6 +68,7 @@ class Runtime:
             db=self.db,
             outbox=self.outbox,
             relay=self.relay,
+            metrics=self.metrics,
             topic_prefix=kafka.topic_prefix,
             after_commit=after_commit,
         )
@@ -85,11 +90,29 @@ class Runtime:
             )
         return self.http
 
+    async def scrape(self, accept: str = "", *, timeout_s: float = 2.0) -> tuple[bytes, str]:
+        """The metrics exposition and its content type, the gauges of the present
+        (consumer lag, outbox backlog) measured now."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                lag = {c.group_id: await c.lag() for c in self.consumers}
+            self.metrics.set_lag(lag)
+        except TimeoutError:  # a rebalance in progress: keep the last known lag
+            log.warning("consumer_lag_unavailable")
+        try:
+            backlog = float(await self.relay.backlog(timeout_s=timeout_s))
+        except Exception as exc:  # the scrape must answer even when the database does not
+            log.warning("outbox_backlog_unavailable", error=repr(exc))
+            backlog = math.nan
+        self.metrics.outbox_backlog.set(backlog)
+        return self.metrics.exposition(accept)
+
 
 def build_runtime(name: str, settings: ServiceSettings, migrations: Sequence[str]) -> Runtime:
     db = Database(settings.database_url, pool_size=settings.db_pool_size)
     broker = make_broker(settings.kafka, client_id=f"lx-{name}")
-    publisher = EventPublisher(broker, settings.kafka.topic_prefix)
+    metrics = Metrics()
+    publisher = EventPublisher(broker, settings.kafka.topic_prefix, metrics=metrics)
     return Runtime(
         name=name,
         settings=settings,
@@ -98,6 +121,7 @@ def build_runtime(name: str, settings: ServiceSettings, migrations: Sequence[str
         publisher=publisher,
         outbox=Outbox(publisher),
         relay=OutboxRelay(db, publisher),
+        metrics=metrics,
         migrations=migrations,
     )
 
@@ -151,6 +175,24 @@ def create_app(rt: Runtime, *, title: str, description: str = "") -> FastAPI:
         return {"database": rt.db.ping, "kafka": broker_ok}
 
     app.include_router(health_router(checks))
+
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        response_class=Response,
+        responses={
+            200: {
+                "description": "Prometheus text format, or OpenMetrics if the Accept header asks",
+                "content": {"text/plain": {}, "application/openmetrics-text": {}},
+            }
+        },
+    )
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics: consumption, lag, outbox, production, HTTP (and deliveries)."""
+        body, content_type = await rt.scrape(request.headers.get("accept", ""))
+        return Response(body, media_type=content_type)
+
+    app.add_middleware(HttpMetrics, metrics=rt.metrics)
     install_error_handlers(app)
     return app
 

@@ -15,7 +15,7 @@ def create_service(settings: DeliverySettings | None = None) -> FastAPI:
     settings = settings or DeliverySettings()
     rt = build_runtime("delivery", settings, migrations=["lx_delivery"])
     keys = LeadKeys(rt.internal_client(), settings.platform.ingest_url)
-    worker = DeliveryWorker(rt.db, rt.outbox, rt.relay, keys, settings)
+    worker = DeliveryWorker(rt.db, rt.outbox, rt.relay, keys, settings, rt.metrics)
     rt.extras.update(keys=keys, worker=worker)
     rt.consume(
         group_id="delivery",

@@ -20,6 +20,7 @@ from lx_platform.consumer import is_transient
 from lx_platform.crypto import open_fields, seal_bytes
 from lx_platform.db import Database
 from lx_platform.logging import get_logger
+from lx_platform.metrics import Metrics
 from lx_platform.outbox import Outbox, OutboxRelay
 from lx_schemas import events as ev
 from lx_schemas.envelope import Event, derived_id, utcnow
@@ -41,12 +42,14 @@ class DeliveryWorker:
         relay: OutboxRelay,
         keys: LeadKeys,
         settings: DeliverySettings,
+        metrics: Metrics,
     ) -> None:
         self.db = db
         self.outbox = outbox
         self.relay = relay
         self.keys = keys
         self.settings = settings
+        self.metrics = metrics
         # Redirects are not followed: a buyer endpoint answers itself or fails.
         self.client = httpx.AsyncClient(
             follow_redirects=False,
@@ -202,6 +205,7 @@ class DeliveryWorker:
         except httpx.HTTPError as exc:
             verdict = domain.Verdict(R.ERROR, f"transport: {type(exc).__name__}", True)
         latency_ms = (time.perf_counter() - t0) * 1000
+        self.metrics.delivery_buyer_latency.labels(str(job.buyer_id)).observe(latency_ms / 1000)
         request_doc = json.dumps(
             {
                 "method": "POST",
@@ -250,6 +254,7 @@ class DeliveryWorker:
                 job.lead_id,
             )
         self.relay.wake()
+        self._count(job, verdict, None)
 
     async def _conclude(
         self,
@@ -303,6 +308,7 @@ class DeliveryWorker:
                     staged.extend(self._sold(job, attempted))
             await self.outbox.stage_many(conn, staged)  # type: ignore[arg-type]
         self.relay.wake()
+        self._count(job, verdict, status)
         log.info(
             "delivery_try",
             lead_id=str(job.lead_id),
@@ -312,6 +318,13 @@ class DeliveryWorker:
             try_number=try_number,
             latency_ms=round(latency_ms, 1),
         )
+
+    def _count(self, job: store.Job, verdict: domain.Verdict, status: int | None) -> None:
+        """One try, as recorded: counted once its transaction committed."""
+        reason = domain.reason_class(verdict.result, verdict.reason, status)
+        self.metrics.delivery_outcomes.labels(
+            str(job.buyer_id), verdict.result.value, reason.value
+        ).inc()
 
     def _attempted(
         self,
