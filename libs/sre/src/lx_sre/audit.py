@@ -7,6 +7,7 @@ from typing import Any
 
 from lx_platform.db import Database, apply_migrations, ensure_database
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from lx_sre.settings import SreSettings
 
@@ -26,16 +27,27 @@ async def record(
     result: dict[str, Any],
 ) -> int:
     async with db.begin() as conn:
-        row_id = await conn.scalar(
-            text(
-                "insert into audit (actor, command, params, result) values"
-                " (:a, :c, cast(:p as jsonb), cast(:r as jsonb)) returning id"
-            ),
-            {
-                "a": settings.actor,
-                "c": command,
-                "p": json.dumps(params, default=str),
-                "r": json.dumps(result, default=str),
-            },
-        )
+        return await insert(conn, settings, command, params, result)
+
+
+async def insert(
+    conn: AsyncConnection,
+    settings: SreSettings,
+    command: str,
+    params: dict[str, Any],
+    result: dict[str, Any],
+) -> int:
+    """The audit row inside the caller's transaction, with the change it records."""
+    row_id = await conn.scalar(
+        text(
+            "insert into audit (actor, command, params, result) values"
+            " (:a, :c, cast(:p as jsonb), cast(:r as jsonb)) returning id"
+        ),
+        {
+            "a": settings.actor,
+            "c": command,
+            "p": json.dumps(params, default=str),
+            "r": json.dumps(result, default=str),
+        },
+    )
     return int(row_id)

@@ -314,7 +314,9 @@ def _progress() -> Progress:
 
 
 def _lock_sql(tables: Sequence[str], mode: str) -> str:
-    names = ", ".join(f"public.{t}" for t in (*tables, "processed_events"))
+    # In the live consumer's order (it claims in processed_events, then writes its
+    # tables): locking the other way round deadlocks with a batch in flight.
+    names = ", ".join(f"public.{t}" for t in ("processed_events", *tables))
     return f"lock table {names} in {mode} mode"
 
 
