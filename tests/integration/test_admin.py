@@ -29,6 +29,7 @@ from lx_schemas import events as ev
 from lx_schemas.topics import CONFIG_CHANGED
 from sqlalchemy import text
 
+from tests.support.dns import StubDns
 from tests.support.http import free_port
 from tests.support.kafka import publish, read_to_end
 from tests.support.services import OPERATOR, eventually, hosted, settings_for
@@ -39,6 +40,15 @@ FIELDS = [
     {"name": "state", "type": "us_state", "required": True},
     {"name": "purpose", "type": "enum", "options": ["purchase", "refinance"]},
 ]
+
+# buyer.example stands for a buyer on the Internet; other names resolve as usual.
+DNS = StubDns(
+    {
+        "buyer.example": ["93.184.216.34"],
+        "metadata.buyer.example": ["169.254.169.254"],
+        "split.buyer.example": ["93.184.216.34", "10.0.0.7"],
+    }
+)
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -88,7 +98,7 @@ async def admin(infra: Infra, isolation: str) -> AsyncIterator[Service]:
         delivery_url=f"http://127.0.0.1:{free_port()}", internal_timeout_s=0.5
     )
     settings = settings_for(AdminSettings, infra, isolation, "admin", platform=nobody)
-    async with hosted(create_service(settings)) as (client, rt):
+    async with hosted(create_service(settings, resolver=DNS)) as (client, rt):
         yield Service(client, rt, infra.kafka_bootstrap)
 
 
@@ -333,6 +343,50 @@ async def test_invalid_campaign_fields_get_422_naming_each_field(admin: Service)
     assert await admin.counts() == before
 
 
+async def test_a_campaign_duplicate_check_is_validated_and_published_as_campaign_v2(
+    admin: Service,
+) -> None:
+    account = await admin.created("/v1/accounts", {"name": "Acme"})
+    url = f"/v1/accounts/{account['account_id']}/campaigns"
+    before = await admin.counts()
+
+    def campaign(dedupe: Any) -> dict[str, Any]:
+        return {"name": "M", "vertical": "mortgage", "fields": FIELDS, "dedupe": dedupe}
+
+    # Only the campaign's own fields that identify a consumer can be matched on.
+    r = await admin.post(url, campaign({"fields": ["email", "phone", "state"], "window_days": 30}))
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "invalid_request"
+    assert [(e["field"], e["code"]) for e in r.json()["error"]["errors"]] == [
+        ("dedupe.fields.1", "unknown_dedupe_field"),
+        ("dedupe.fields.2", "dedupe_field_not_matchable"),
+    ]
+    r = await admin.post(url, campaign({"fields": [], "window_days": 0, "scope": "buyer"}))
+    assert r.status_code == 422, r.text
+    assert {(e["field"], e["code"]) for e in r.json()["error"]["errors"]} == {
+        ("dedupe.fields", "too_short"),
+        ("dedupe.window_days", "greater_than_equal"),
+        ("dedupe.scope", "enum"),
+    }
+    assert await admin.counts() == before
+
+    rule = {"fields": ["email"], "window_days": 45, "scope": "account"}
+    created = await admin.created(url, campaign(rule))
+    assert created["dedupe"] == rule
+    plain = await admin.created(url, {"name": "N", "vertical": "mortgage", "fields": FIELDS})
+    assert plain["dedupe"] is None
+
+    records = await admin.config_records(created["campaign_id"], plain["campaign_id"])
+    for state in (created, plain):
+        (record,) = [r for r in records if r.key == state["campaign_id"].encode()]
+        assert {k: v.decode() for k, v in record.headers}["lx-schema-version"] == "2"
+        event = decode_event(record.value)
+        assert isinstance(event, ev.CampaignConfigured) and event.schema_version == 2
+        assert event.payload == ev.CampaignState(**state)
+    r = await admin.client.get(f"/v1/campaigns/{created['campaign_id']}", headers=OPERATOR)
+    assert r.json() == created
+
+
 async def test_pausing_a_buyer_publishes_its_new_full_state(admin: Service) -> None:
     _, campaign = await make_campaign(admin)
     buyer = await admin.created(
@@ -365,6 +419,71 @@ async def test_pausing_a_buyer_publishes_its_new_full_state(admin: Service) -> N
     assert [(e["field"], e["code"]) for e in r.json()["error"]["errors"]] == [
         ("price", "decimal_max_places")
     ]
+
+
+# A sample of the egress corpus (tests/unit/test_egress.py has all of it): (url, reason).
+REFUSED_ENDPOINTS = [
+    ("http://127.0.0.1:8090/buyers/x/accept", "loopback"),
+    ("http://2130706433/", "loopback"),
+    ("http://0x7f.1/", "loopback"),
+    ("http://[::ffff:127.0.0.1]/", "loopback"),
+    ("http://[::1]/", "loopback"),
+    ("http://localhost/", "loopback"),
+    ("http://LOCALHOST./", "loopback"),
+    ("http://0.0.0.0/", "unspecified"),
+    ("http://10.0.0.1/", "private"),
+    ("http://split.buyer.example/", "private"),
+    ("http://169.254.169.254/latest/meta-data/", "cloud_metadata"),
+    ("http://metadata.buyer.example/", "cloud_metadata"),
+    ("http://[fd00:ec2::254]/", "cloud_metadata"),
+    ("http://100.64.0.1/", "shared_address_space"),
+    ("http://user:pw@buyer.example/", "userinfo_not_allowed"),
+    ("http://nowhere.invalid/", "unresolvable_host"),
+]
+
+
+async def test_buyer_endpoints_on_internal_addresses_get_422_and_change_nothing(
+    admin: Service,
+) -> None:
+    _, campaign = await make_campaign(admin)
+    buyers = f"/v1/campaigns/{campaign['campaign_id']}/buyers"
+    buyer = await admin.created(
+        buyers, {"name": "Good", "endpoint_url": "https://buyer.example/leads", "price": "9.00"}
+    )
+    before = await admin.counts()
+    for url, reason in REFUSED_ENDPOINTS:
+        created = await admin.post(buyers, {"name": "Bad", "endpoint_url": url, "price": "1.00"})
+        patched = await admin.client.patch(
+            f"/v1/buyers/{buyer['buyer_id']}", json={"endpoint_url": url}, headers=OPERATOR
+        )
+        for r in (created, patched):
+            assert r.status_code == 422, f"{url}: {r.text}"
+            error = r.json()["error"]
+            assert (error["code"], error["field"], error["reason"]) == (
+                "endpoint_not_allowed",
+                "endpoint_url",
+                reason,
+            ), url
+            assert error["detail"].startswith("endpoint_url: ")
+
+    r = await admin.post(buyers, {"name": "Bad", "endpoint_url": "http://localhost/", "price": "1"})
+    assert r.json()["error"]["detail"] == (
+        "endpoint_url: localhost resolves to loopback address 127.0.0.1"
+    )
+    assert await admin.counts() == before
+    r = await admin.client.get(buyers, headers=OPERATOR)
+    assert r.json() == [buyer]  # its endpoint unchanged
+    marker = await admin.created("/v1/accounts", {"name": "Marker"})
+    records = await admin.config_records(marker["account_id"])
+    assert [e.payload for e in keyed(records, buyer["buyer_id"])] == [ev.BuyerState(**buyer)]
+
+    # A public endpoint is still accepted on PATCH.
+    r = await admin.client.patch(
+        f"/v1/buyers/{buyer['buyer_id']}",
+        json={"endpoint_url": "https://93.184.216.34/v2/leads"},
+        headers=OPERATOR,
+    )
+    assert r.status_code == 200, r.text
 
 
 async def test_the_lead_trace_lists_the_lead_events_in_event_time_order(admin: Service) -> None:

@@ -263,7 +263,10 @@ async def stack(infra: Infra, isolation: str) -> AsyncIterator[Stack]:
             infra,
             isolation,
             "delivery",
-            platform=PlatformSettings(ingest_url=vault_server.url),
+            # The fake buyer is on loopback, which only the allow-list opens.
+            platform=PlatformSettings(
+                ingest_url=vault_server.url, egress_allow_cidrs=("127.0.0.1/32",)
+            ),
             max_tries=2,
             retry_base_s=0.05,
         )

@@ -12,6 +12,7 @@ from lx_delivery.main import create_service
 from lx_delivery.settings import DeliverySettings
 from lx_devstack.buyer import create_buyer_app
 from lx_devstack.infra import Infra
+from lx_platform.settings import PlatformSettings
 from lx_schemas import events as ev
 from lx_schemas.envelope import Event, derived_id
 from lx_schemas.topics import CONFIG_CHANGED, DELIVERY_OUTCOME, LEAD_ROUTED, USAGE_INCREMENTED
@@ -86,7 +87,14 @@ async def test_metrics_count_exactly_the_traffic_a_service_handled(
 ) -> None:
     with ThreadedServer(create_buyer_app()) as buyer_server:
         settings = settings_for(
-            DeliverySettings, infra, isolation, "delivery", max_tries=2, retry_base_s=0.05
+            DeliverySettings,
+            infra,
+            isolation,
+            "delivery",
+            max_tries=2,
+            retry_base_s=0.05,
+            # The fake buyer is on loopback, which only the allow-list opens.
+            platform=PlatformSettings(egress_allow_cidrs=("127.0.0.1/32",)),
         )
         prefix, bootstrap = settings.kafka.topic_prefix, infra.kafka_bootstrap
         group = f"{prefix}delivery"

@@ -4,6 +4,7 @@ No Docker engine is needed: the files are read and checked against the services'
 settings classes, the service packages on disk and the PostgreSQL init script.
 """
 
+import ipaddress
 import os
 import re
 from typing import Any
@@ -194,6 +195,23 @@ def test_the_demo_buyer_listens_on_all_interfaces_of_its_container() -> None:
     port = int(command[command.index("--port") + 1])
     assert command[command.index("--host") + 1] == "0.0.0.0"
     assert published("buyer") == [("127.0.0.1", port, port)]
+
+
+def test_only_the_demo_buyers_fixed_address_is_open_to_buyer_endpoints(
+    compose_env: pytest.MonkeyPatch,
+) -> None:
+    """The egress policy refuses private addresses; compose opens exactly its buyer's."""
+    subnet = ipaddress.ip_network(COMPOSE["networks"]["default"]["ipam"]["config"][0]["subnet"])
+    dynamic = ipaddress.ip_network(COMPOSE["networks"]["default"]["ipam"]["config"][0]["ip_range"])
+    buyer = ipaddress.ip_address(service("buyer")["networks"]["default"]["ipv4_address"])
+    assert buyer in subnet and buyer not in dynamic  # no other container can get it
+    for name in SERVICES_ON_DISK:
+        settings = settings_class(name)()
+        allowed = environment(name)["LX_PLATFORM_EGRESS_ALLOW_CIDRS"]
+        assert [ipaddress.ip_network(c) for c in allowed.split(",")] == [
+            ipaddress.ip_network(f"{buyer}/32")
+        ]
+        assert settings.platform.egress_allow_cidrs == ()  # the code's default stays empty
 
 
 def test_dockerfile_pins_the_makefiles_uv_and_runs_as_a_non_root_user() -> None:

@@ -19,6 +19,16 @@ def test_server_errors_are_retryable_and_client_errors_are_rejections() -> None:
     assert (v.result, v.reason) == (DeliveryResult.REJECTED, "bad zip")
 
 
+def test_a_redirect_is_a_final_error_never_the_buyers_word() -> None:
+    for status in (301, 302, 303, 307, 308):
+        v = read_answer(status, b'{"status":"accepted","reason":"moved"}', RULE)
+        assert (v.result, v.reason, v.retryable) == (
+            DeliveryResult.ERROR,
+            f"redirect_not_followed: http_{status}",
+            False,
+        )
+
+
 def test_a_custom_rule_reads_its_own_field() -> None:
     rule = AcceptanceRule(field="result", accepted=("success",), reason_field="message")
     assert read_answer(201, b'{"result":"success"}', rule).result is DeliveryResult.ACCEPTED
@@ -50,6 +60,12 @@ TRIES: list[tuple[str, Verdict, int | None, ReasonClass]] = [
     ),
     ("server error", read_answer(503, b"", RULE), 503, ReasonClass.HTTP_5XX),
     ("refused", Verdict(R.ERROR, "connect_failed: ConnectError", True), None, ReasonClass.CONNECT),
+    (
+        "endpoint on a private address",
+        Verdict(R.ERROR, "egress_refused: cloud_metadata 169.254.169.254", False),
+        None,
+        ReasonClass.EGRESS_REFUSED,
+    ),
     (
         "connect timeout",
         Verdict(R.ERROR, "connect_failed: ConnectTimeout", True),

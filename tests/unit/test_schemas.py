@@ -7,12 +7,15 @@ from typing import Any
 
 import pytest
 from lx_schemas import ALL_TOPICS, registered_events, topic_for
+from lx_schemas import events as ev
 from lx_schemas.envelope import (
     _REGISTRY,
     _UPCASTERS,
     Event,
     UnknownEventError,
     decode_event,
+    event_class,
+    latest_version,
     register_upcaster,
 )
 
@@ -27,9 +30,33 @@ def test_every_registered_event_version_has_a_frozen_sample() -> None:
 @pytest.mark.parametrize("sample", sorted(SAMPLES.glob("*.json")), ids=lambda p: p.stem)
 def test_a_frozen_sample_decodes_and_encodes_back_unchanged(sample: Path) -> None:
     raw = json.loads(sample.read_text())
+    # Its own version's class still reads it and writes it back byte for byte (as JSON)...
+    own = event_class(raw["type"], raw["schema_version"]).model_validate(raw)
+    assert json.loads(own.to_json()) == raw
+    # ...and readers get it as the newest version, upcast on read.
     event = decode_event(sample.read_bytes())
-    assert event.type == raw["type"] and event.schema_version == raw["schema_version"]
-    assert json.loads(event.to_json()) == raw
+    assert event.type == raw["type"]
+    assert event.schema_version == latest_version(raw["type"])
+    assert event.event_id == own.event_id
+    if raw["schema_version"] == event.schema_version:
+        assert json.loads(event.to_json()) == raw
+
+
+def test_a_v1_campaign_is_read_as_v2_without_a_duplicate_check() -> None:
+    raw = json.loads((SAMPLES / "CampaignConfigured.v1.json").read_text())
+    event = decode_event(raw)
+    assert isinstance(event, ev.CampaignConfigured) and event.schema_version == 2
+    assert event.payload.dedupe is None
+    upcast = json.loads(event.to_json())
+    assert upcast["payload"] == {**raw["payload"], "dedupe": None}
+    assert {k: v for k, v in upcast.items() if k not in ("payload", "schema_version")} == {
+        k: v for k, v in raw.items() if k not in ("payload", "schema_version")
+    }
+
+
+def test_producers_publish_the_newest_campaign_version() -> None:
+    assert ev.CampaignConfigured.VERSION == latest_version("CampaignConfigured") == 2
+    assert ev.CampaignConfiguredV1.VERSION == 1
 
 
 def test_every_event_belongs_to_exactly_one_topic() -> None:

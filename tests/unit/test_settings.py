@@ -21,5 +21,8 @@ def test_production_refuses_placeholder_secrets(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("LX_PLATFORM_INTERNAL_TOKEN", "a-real-long-secret-1")
     monkeypatch.setenv("LX_PLATFORM_OPERATOR_TOKEN", "a-real-long-secret-2")
     PlatformSettings()
+    with pytest.raises(ValueError, match="HASH_KEY"):
+        IngestSettings()
+    monkeypatch.setenv("LX_INGEST_HASH_KEY", "a-real-hash-key-of-at-least-32-bytes")
     with pytest.raises(ValueError, match="development key"):
         IngestSettings().keks()

@@ -42,6 +42,9 @@ class StackLayout:
     run_folder: Path = field(default_factory=run_dir)
     log_folder: Path = field(default_factory=logs_dir)
     operator_token: str = DEV_OPERATOR_TOKEN
+    # The fake buyer listens on loopback, which the egress policy refuses unless allowed
+    # (LX_PLATFORM_EGRESS_ALLOW_CIDRS, empty in production): exactly its address.
+    egress_allow_cidrs: str = "127.0.0.1/32"
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def port(self, service: str) -> int:
@@ -66,6 +69,7 @@ def service_env(service: str, infra: Infra, layout: StackLayout) -> dict[str, st
         "LX_PLATFORM_INGEST_URL": layout.url("ingest"),
         "LX_PLATFORM_DELIVERY_URL": layout.url("delivery"),
         "LX_PLATFORM_OPERATOR_TOKEN": layout.operator_token,
+        "LX_PLATFORM_EGRESS_ALLOW_CIDRS": layout.egress_allow_cidrs,
         f"{prefix}DATABASE_URL": infra.dsn(layout.database(service)),
         f"{prefix}HTTP_PORT": str(layout.port(service)),
     }

@@ -6,13 +6,32 @@ part reads ``LX_<SERVICE>_*`` (e.g. ``LX_INGEST_DATABASE_URL``).
 
 from __future__ import annotations
 
-from typing import Literal
+import ipaddress
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Environment = Literal["development", "test", "production"]
 _PLACEHOLDERS = {"", "changeme", "dev-internal-token", "secret"}
+# Never a buyer's network in production, whatever the allow-list says: the local host,
+# link-local (cloud metadata at 169.254.169.254), "this network", multicast.
+_NEVER_IN_PRODUCTION = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "100.100.100.200/32",  # Alibaba Cloud's metadata service
+        "192.0.0.192/32",  # Oracle Cloud's
+        "224.0.0.0/4",
+        "::/127",
+        "::ffff:0:0/96",
+        "fe80::/10",
+        "fd00:ec2::/32",
+        "ff00::/8",
+    )
+)
 
 
 class KafkaSettings(BaseSettings):
@@ -48,6 +67,19 @@ class PlatformSettings(BaseSettings):
     ingest_url: str = "http://127.0.0.1:8001"
     delivery_url: str = "http://127.0.0.1:8003"
     internal_timeout_s: float = 2.0
+    # Networks buyer endpoints may reach although they are not globally routable
+    # (lx_platform.egress): comma-separated CIDRs, e.g. "127.0.0.1/32". Empty by default;
+    # `make run`, the end-to-end stack and the tests open their loopback fake buyer here.
+    egress_allow_cidrs: Annotated[tuple[IPvAnyNetwork, ...], NoDecode] = ()
+    # How long a buyer endpoint's name may take to resolve (admin and delivery).
+    egress_resolve_timeout_s: float = Field(2.0, gt=0)
+
+    @field_validator("egress_allow_cidrs", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
     @model_validator(mode="after")
     def _refuse_placeholders_in_production(self) -> PlatformSettings:
@@ -55,6 +87,15 @@ class PlatformSettings(BaseSettings):
             for name in ("internal_token", "operator_token"):
                 if getattr(self, name).get_secret_value() in _PLACEHOLDERS | {"dev-operator-token"}:
                     raise ValueError(f"LX_PLATFORM_{name.upper()} must be set to a real secret")
+            # A private network may hold a buyer reached over a private interconnect, so
+            # production may open one (and each start logs it); these never hold one.
+            for net in self.egress_allow_cidrs:
+                for never in _NEVER_IN_PRODUCTION:
+                    if net.version == never.version and net.overlaps(never):  # type: ignore[arg-type]
+                        raise ValueError(
+                            f"LX_PLATFORM_EGRESS_ALLOW_CIDRS: {net} overlaps {never}, "
+                            "which production never reaches"
+                        )
         return self
 
 

@@ -1,7 +1,9 @@
-"""Version 1 of every event on the platform's topics.
+"""Every event on the platform's topics, each version a class of its own.
 
 Names are past tense. Money is ``Decimal`` USD with cents, serialised as a string.
 ``config.changed`` events carry an entity's full state (the topic is compacted).
+The newest version of an event has the plain name; a superseded one keeps its class
+under a ``V<n>`` suffix, unchanged, with an upcaster to the next version.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import AnyHttpUrl, Field
+from pydantic import AnyHttpUrl, ConfigDict, Field, field_validator
 
-from lx_schemas.envelope import Event, Frozen
+from lx_schemas.envelope import Event, Frozen, JsonDict, register_upcaster
 
 Usd = Annotated[Decimal, Field(max_digits=14, decimal_places=2, ge=0)]
 FieldValue = str | int | float | bool | None
@@ -57,13 +59,59 @@ class AccountState(Frozen):
     status: Status = Status.ACTIVE
 
 
-class CampaignState(Frozen):
+class CampaignStateV1(Frozen):
+    # A campaign as CampaignConfigured v1 published it: frozen, never edit. No docstring
+    # and the old title, so that v1's JSON Schema reads as before (only its $defs key
+    # now says CampaignStateV1).
+    model_config = ConfigDict(title="CampaignState")
+
     campaign_id: uuid.UUID
     account_id: uuid.UUID
     name: str
     vertical: str
     status: Status = Status.ACTIVE
     fields: tuple[FieldSpec, ...]
+
+
+class DedupeScope(StrEnum):
+    """Where a duplicate is looked for. A buyer's own window is routing's business."""
+
+    CAMPAIGN = "campaign"
+    ACCOUNT = "account"  # every campaign of the account whose rule also says "account"
+
+
+MAX_DEDUPE_WINDOW_DAYS = 365
+# Field types that identify a consumer. A rule matches on ANY of its fields, so a field
+# most leads share (a state, a ZIP, a yes/no) would make nearly every lead a duplicate.
+DEDUPE_MATCHABLE_TYPES = frozenset({FieldType.EMAIL, FieldType.PHONE, FieldType.TEXT})
+
+
+class DedupeRule(Frozen):
+    """A lead is a duplicate when ANY of ``fields`` (normalised) matches a lead accepted
+    in ``scope`` within the last ``window_days``."""
+
+    fields: Annotated[tuple[str, ...], Field(min_length=1, max_length=8)]
+    window_days: Annotated[int, Field(ge=1, le=MAX_DEDUPE_WINDOW_DAYS)]
+    scope: DedupeScope = DedupeScope.CAMPAIGN
+
+    @field_validator("fields")
+    @classmethod
+    def _distinct(cls, fields: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(fields)) != len(fields):
+            raise ValueError("each field may be named once")
+        return fields
+
+
+class CampaignState(Frozen):
+    """A campaign's full state (``CampaignConfigured`` v2): v1 plus its duplicate check."""
+
+    campaign_id: uuid.UUID
+    account_id: uuid.UUID
+    name: str
+    vertical: str
+    status: Status = Status.ACTIVE
+    fields: tuple[FieldSpec, ...]
+    dedupe: DedupeRule | None = None
 
 
 class SourceState(Frozen):
@@ -107,12 +155,29 @@ class AccountConfigured(Event):
     payload: AccountState
 
 
-class CampaignConfigured(Event):
+class CampaignConfiguredV1(Event):
+    # Superseded by v2; its records are upcast on read (decode_event).
+    model_config = ConfigDict(title="CampaignConfigured")
+
     TYPE: ClassVar[str] = "CampaignConfigured"
     VERSION: ClassVar[int] = 1
     type: Literal["CampaignConfigured"]
     schema_version: Literal[1]
+    payload: CampaignStateV1
+
+
+class CampaignConfigured(Event):
+    TYPE: ClassVar[str] = "CampaignConfigured"
+    VERSION: ClassVar[int] = 2
+    type: Literal["CampaignConfigured"]
+    schema_version: Literal[2]
     payload: CampaignState
+
+
+@register_upcaster("CampaignConfigured", 1)
+def _campaign_configured_v1_to_v2(data: JsonDict) -> JsonDict:
+    # v1 campaigns had no duplicate check.
+    return {**data, "schema_version": 2, "payload": {**data["payload"], "dedupe": None}}
 
 
 class SourceConfigured(Event):

@@ -36,7 +36,13 @@ CONFIG_CHANGED = TopicSpec(
     "config.changed",
     partitions=3,
     key="entity id",
-    events=(ev.AccountConfigured, ev.CampaignConfigured, ev.SourceConfigured, ev.BuyerConfigured),
+    events=(
+        ev.AccountConfigured,
+        ev.CampaignConfiguredV1,
+        ev.CampaignConfigured,
+        ev.SourceConfigured,
+        ev.BuyerConfigured,
+    ),
     config={"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
     description="Full state of accounts, campaigns, sources and buyers (compacted).",
 )

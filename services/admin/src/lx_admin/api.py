@@ -6,6 +6,7 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
+from lx_platform.egress import EgressPolicy, EgressRefusedError
 from lx_platform.http import operator_guard
 from lx_platform.runtime import Runtime
 from lx_schemas import events as ev
@@ -18,6 +19,15 @@ router = APIRouter(prefix="/v1", dependencies=[Depends(operator_guard())], tags=
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "missing or wrong operator token"},
     404: {"description": "no such entity"},
+}
+BUYER_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    422: {
+        "description": "invalid buyer; `endpoint_not_allowed` when the endpoint URL is not an"
+        " http(s) URL without credentials whose host resolves only to publicly routable"
+        " addresses (`reason`: `loopback`, `private`, `link_local`, `cloud_metadata`,"
+        " `unresolvable_host`...)"
+    },
 }
 
 
@@ -33,6 +43,26 @@ def _not_found(kind: str) -> HTTPException:
     return HTTPException(
         status.HTTP_404_NOT_FOUND, {"code": f"{kind}_not_found", "detail": f"no such {kind}"}
     )
+
+
+async def _check_endpoint(rt: Runtime, url: str) -> None:
+    """Refuse an endpoint delivery would refuse to connect to (SSRF, OWASP API7).
+
+    Delivery checks again at every connection: a name may resolve elsewhere later.
+    """
+    egress: EgressPolicy = rt.extras["egress"]
+    try:
+        await egress.check_url(url)
+    except EgressRefusedError as exc:
+        raise HTTPException(
+            422,
+            {
+                "code": "endpoint_not_allowed",
+                "detail": f"endpoint_url: {exc.detail}",
+                "field": "endpoint_url",
+                "reason": exc.reason,
+            },
+        ) from exc
 
 
 async def _publish(
@@ -81,7 +111,11 @@ async def create_campaign(
     dupes = domain.check_unique_fields(body.fields)
     if dupes:
         raise HTTPException(422, {"code": "duplicate_field", "detail": f"fields repeated: {dupes}"})
-    if errors := domain.enum_fields_without_options(body.fields):
+    errors = [
+        *domain.enum_fields_without_options(body.fields),
+        *domain.dedupe_rule_errors(body.fields, body.dedupe),
+    ]
+    if errors:
         raise HTTPException(
             422,
             {
@@ -96,6 +130,7 @@ async def create_campaign(
         name=body.name,
         vertical=body.vertical,
         fields=tuple(body.fields),
+        dedupe=body.dedupe,
     )
     async with rt.db.begin() as conn:
         if await store.get_state(conn, "account", account_id) is None:
@@ -159,9 +194,10 @@ async def list_sources(campaign_id: uuid.UUID, rt: Rt) -> list[dict[str, Any]]:
     "/campaigns/{campaign_id}/buyers",
     status_code=201,
     response_model=ev.BuyerState,
-    responses=ERRORS,
+    responses=BUYER_ERRORS,
 )
 async def create_buyer(campaign_id: uuid.UUID, body: domain.BuyerCreate, rt: Rt) -> ev.BuyerState:
+    await _check_endpoint(rt, str(body.endpoint_url))
     async with rt.db.begin() as conn:
         campaign = await store.get_state(conn, "campaign", campaign_id)
         if campaign is None:
@@ -187,9 +223,11 @@ async def list_buyers(campaign_id: uuid.UUID, rt: Rt) -> list[dict[str, Any]]:
         return await store.list_states(conn, "buyer", "campaign", campaign_id)
 
 
-@router.patch("/buyers/{buyer_id}", response_model=ev.BuyerState, responses=ERRORS)
+@router.patch("/buyers/{buyer_id}", response_model=ev.BuyerState, responses=BUYER_ERRORS)
 async def update_buyer(buyer_id: uuid.UUID, body: domain.BuyerUpdate, rt: Rt) -> ev.BuyerState:
     """Change a buyer's price, priority, endpoint or status (pause / resume)."""
+    if body.endpoint_url is not None:
+        await _check_endpoint(rt, str(body.endpoint_url))
     async with rt.db.begin() as conn:
         current = await store.get_state(conn, "buyer", buyer_id, for_update=True)
         if current is None:

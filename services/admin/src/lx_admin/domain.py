@@ -7,7 +7,15 @@ import secrets
 from decimal import Decimal
 from typing import Annotated
 
-from lx_schemas.events import AcceptanceRule, FieldSpec, FieldType, Status, Usd
+from lx_schemas.events import (
+    DEDUPE_MATCHABLE_TYPES,
+    AcceptanceRule,
+    DedupeRule,
+    FieldSpec,
+    FieldType,
+    Status,
+    Usd,
+)
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 API_KEY_PREFIX = "lxsk_"
@@ -40,6 +48,9 @@ class CampaignCreate(Request):
     name: Annotated[str, Field(min_length=1, max_length=200)]
     vertical: Annotated[str, Field(min_length=1, max_length=100)]
     fields: Annotated[list[FieldSpec], Field(min_length=1, max_length=200)]
+    # Refuse a lead when any of these fields matches a lead accepted in the scope within
+    # the window; none: no duplicate check.
+    dedupe: DedupeRule | None = None
 
 
 class SourceCreate(Request):
@@ -75,6 +86,35 @@ def enum_fields_without_options(fields: list[FieldSpec]) -> list[dict[str, str]]
         for i, f in enumerate(fields)
         if f.type is FieldType.ENUM and not f.options
     ]
+
+
+def dedupe_rule_errors(fields: list[FieldSpec], rule: DedupeRule | None) -> list[dict[str, str]]:
+    """A duplicate check may name only the campaign's own fields that identify a
+    consumer (e-mail, phone, text); matching on a state or a ZIP would refuse most leads."""
+    if rule is None:
+        return []
+    known = {f.name: f for f in fields}
+    errors = []
+    for i, name in enumerate(rule.fields):
+        spec = known.get(name)
+        if spec is None:
+            errors.append(
+                {
+                    "field": f"dedupe.fields.{i}",
+                    "code": "unknown_dedupe_field",
+                    "detail": f"{name!r} is not a field of this campaign",
+                }
+            )
+        elif spec.type not in DEDUPE_MATCHABLE_TYPES:
+            kinds = ", ".join(sorted(t.value for t in DEDUPE_MATCHABLE_TYPES))
+            errors.append(
+                {
+                    "field": f"dedupe.fields.{i}",
+                    "code": "dedupe_field_not_matchable",
+                    "detail": f"{name!r} is a {spec.type.value} field; duplicates match on {kinds}",
+                }
+            )
+    return errors
 
 
 def check_unique_fields(fields: list[FieldSpec]) -> list[str]:

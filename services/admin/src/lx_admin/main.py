@@ -1,6 +1,7 @@
 """Admin's composition root."""
 
 from fastapi import FastAPI
+from lx_platform.egress import EgressPolicy, Resolver
 from lx_platform.runtime import build_runtime, create_app
 from lx_schemas import topics
 
@@ -8,9 +9,19 @@ from lx_admin import api, trace
 from lx_admin.settings import AdminSettings
 
 
-def create_service(settings: AdminSettings | None = None) -> FastAPI:
+def create_service(
+    settings: AdminSettings | None = None, *, resolver: Resolver | None = None
+) -> FastAPI:
+    """``resolver`` replaces the system's DNS for buyer endpoints (tests)."""
     settings = settings or AdminSettings()
     rt = build_runtime("admin", settings, migrations=["lx_admin"])
+    egress = EgressPolicy.from_settings(settings.platform, resolver)
+    rt.extras["egress"] = egress
+
+    async def log_egress() -> None:
+        egress.log_allow_list(settings.platform.environment)
+
+    rt.on_start.append(log_egress)
     rt.consume(
         group_id="admin-trace",
         topics=[topics.LEAD_RECEIVED, topics.LEAD_ROUTED, topics.DELIVERY_OUTCOME],

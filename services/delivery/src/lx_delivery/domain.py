@@ -26,10 +26,20 @@ def request_body(
     ).encode()
 
 
+EGRESS_REFUSED = "egress_refused"  # a try's reason: "egress_refused: loopback 127.0.0.1"
+REDIRECT_NOT_FOLLOWED = "redirect_not_followed"
+
+
 def read_answer(status: int, body: bytes, rule: AcceptanceRule) -> Verdict:
-    """Accepted only on a 2xx whose JSON field says so; 5xx is a retryable error."""
+    """Accepted only on a 2xx whose JSON field says so; 5xx is a retryable error.
+
+    A 3xx is a final error, never followed: the buyer's endpoint answers itself, and a
+    redirect could point anywhere, a private address included (SSRF).
+    """
     if status >= 500:
         return Verdict(DeliveryResult.ERROR, f"http_{status}", retryable=True)
+    if 300 <= status < 400:
+        return Verdict(DeliveryResult.ERROR, f"{REDIRECT_NOT_FOLLOWED}: http_{status}", False)
     try:
         data = json.loads(body) if body else {}
     except (ValueError, UnicodeDecodeError):
@@ -56,6 +66,7 @@ class ReasonClass(StrEnum):
     HTTP_5XX = "http_5xx"
     TIMEOUT = "timeout"  # sent, no whole answer in the buyer's time (outcome unknown)
     CONNECT = "connect"  # never reached the buyer
+    EGRESS_REFUSED = "egress_refused"  # not sent: the endpoint's address is not allowed
     OUTCOME_UNKNOWN = "outcome_unknown"  # cut off after sending, other than by a timeout
     RESPONSE_TOO_LARGE = "response_too_large"
     NOT_SENT = "not_sent"  # the platform did not send: buyer paused or unknown, PII shredded
@@ -75,6 +86,8 @@ def reason_class(result: DeliveryResult, reason: str | None, status: int | None)
         return ReasonClass.TIMEOUT if timed_out else ReasonClass.OUTCOME_UNKNOWN
     if reason.startswith("connect_failed"):
         return ReasonClass.CONNECT
+    if reason.startswith(EGRESS_REFUSED):
+        return ReasonClass.EGRESS_REFUSED
     if reason == "response_too_large":
         return ReasonClass.RESPONSE_TOO_LARGE
     if reason in NOT_SENT_REASONS:

@@ -1,6 +1,7 @@
 """Delivery's composition root."""
 
 from fastapi import FastAPI
+from lx_platform.egress import EgressPolicy, Resolver
 from lx_platform.runtime import build_runtime, create_app
 from lx_schemas import topics
 
@@ -11,11 +12,15 @@ from lx_delivery.settings import DeliverySettings
 from lx_delivery.worker import DeliveryWorker
 
 
-def create_service(settings: DeliverySettings | None = None) -> FastAPI:
+def create_service(
+    settings: DeliverySettings | None = None, *, resolver: Resolver | None = None
+) -> FastAPI:
+    """``resolver`` replaces the system's DNS for buyer endpoints (tests)."""
     settings = settings or DeliverySettings()
     rt = build_runtime("delivery", settings, migrations=["lx_delivery"])
     keys = LeadKeys(rt.internal_client(), settings.platform.ingest_url)
-    worker = DeliveryWorker(rt.db, rt.outbox, rt.relay, keys, settings, rt.metrics)
+    egress = EgressPolicy.from_settings(settings.platform, resolver)
+    worker = DeliveryWorker(rt.db, rt.outbox, rt.relay, keys, settings, rt.metrics, egress)
     rt.extras.update(keys=keys, worker=worker)
     rt.consume(
         group_id="delivery",

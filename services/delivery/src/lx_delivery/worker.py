@@ -19,6 +19,8 @@ import httpx
 from lx_platform.consumer import is_transient
 from lx_platform.crypto import open_fields, seal_bytes
 from lx_platform.db import Database
+from lx_platform.egress import EgressPolicy, EgressRefusedError, parse_endpoint
+from lx_platform.egress_http import PinnedTransport
 from lx_platform.logging import get_logger
 from lx_platform.metrics import Metrics
 from lx_platform.outbox import Outbox, OutboxRelay
@@ -43,6 +45,7 @@ class DeliveryWorker:
         keys: LeadKeys,
         settings: DeliverySettings,
         metrics: Metrics,
+        egress: EgressPolicy,
     ) -> None:
         self.db = db
         self.outbox = outbox
@@ -50,10 +53,15 @@ class DeliveryWorker:
         self.keys = keys
         self.settings = settings
         self.metrics = metrics
-        # Redirects are not followed: a buyer endpoint answers itself or fails.
+        self.egress = egress
+        limits = httpx.Limits(max_connections=settings.max_in_flight * 2)
+        # Every connection goes through the egress policy, to the address it checked
+        # (lx_platform.egress_http). Redirects are not followed: a buyer endpoint answers
+        # itself or fails, and a redirect could point anywhere.
         self.client = httpx.AsyncClient(
+            transport=PinnedTransport(egress, limits=limits),
             follow_redirects=False,
-            limits=httpx.Limits(max_connections=settings.max_in_flight * 2),
+            trust_env=False,
             headers={"user-agent": "LeadExchange-Delivery/1.0"},
         )
         self._wake = asyncio.Event()
@@ -65,6 +73,7 @@ class DeliveryWorker:
         self._wake.set()
 
     async def start(self) -> None:
+        self.egress.log_allow_list(self.settings.platform.environment)
         self._loop = asyncio.create_task(self._run(), name="delivery-worker")
 
     async def stop(self) -> None:
@@ -176,25 +185,30 @@ class DeliveryWorker:
         t0 = time.perf_counter()
         status: int | None = None
         answer = b""
+        peer: str | None = None
         timeout_s = buyer.timeout_ms / 1000
+        url = str(buyer.endpoint_url)
         try:
+            parse_endpoint(url)  # userinfo, scheme: the transport checks only addresses
             # The buyer's timeout bounds the whole exchange, not each read: an answer
             # trickled in byte by byte must not hold a slot (nor outlive the job's lease).
             async with asyncio.timeout(timeout_s):
                 async with self.client.stream(
-                    "POST",
-                    str(buyer.endpoint_url),
-                    content=body,
-                    headers=headers,
-                    timeout=timeout_s,
+                    "POST", url, content=body, headers=headers, timeout=timeout_s
                 ) as response:
                     status = response.status_code
+                    peer = _peer(response)
                     answer, truncated = await _read_capped(response, self.settings.log_limit_bytes)
             verdict = (
                 domain.Verdict(R.ERROR, "response_too_large", False)
                 if truncated
                 else domain.read_answer(status, answer, buyer.acceptance)
             )
+        except EgressRefusedError as exc:
+            # Not sent: the endpoint is (or now resolves to) an address the platform never
+            # connects to. Final: trying again would only knock on the same door.
+            log.warning("delivery_egress_refused", buyer_id=str(job.buyer_id), reason=exc.reason)
+            verdict = domain.Verdict(R.ERROR, f"{domain.EGRESS_REFUSED}: {exc.short()}", False)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             verdict = domain.Verdict(R.ERROR, f"connect_failed: {type(exc).__name__}", True)
         except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError) as exc:
@@ -214,9 +228,10 @@ class DeliveryWorker:
                 "body": body.decode(),
             }
         ).encode()
-        response_doc = json.dumps(
-            {"status": status, "body": answer.decode(errors="replace")}
-        ).encode()
+        answered: dict[str, Any] = {"status": status, "body": answer.decode(errors="replace")}
+        if peer is not None:
+            answered["remote_address"] = peer  # the address the lead was sent to
+        response_doc = json.dumps(answered).encode()
         await self._conclude(
             job,
             job.try_number,
@@ -394,6 +409,16 @@ def _seal(key: bytes | None, key_id: uuid.UUID | None, doc: bytes | None) -> byt
     if key is None or key_id is None:
         return doc  # a lead without PII fields: nothing to protect beyond the database
     return seal_bytes(key, key_id, doc)
+
+
+def _peer(response: httpx.Response) -> str | None:
+    """``ip:port`` of the connection that carried the exchange, if httpcore says."""
+    stream = response.extensions.get("network_stream")
+    address = stream.get_extra_info("server_addr") if stream is not None else None
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = str(address[0])
+        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+    return None
 
 
 async def _read_capped(response: httpx.Response, limit: int) -> tuple[bytes, bool]:

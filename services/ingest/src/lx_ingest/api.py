@@ -1,4 +1,10 @@
-"""The ingest gateway: sources post leads with their API key."""
+"""The ingest gateway: sources post leads with their API key.
+
+A lead goes through, in order: the API key (401), the body (413, 400), the source's
+and campaign's status (403), the ``Idempotency-Key`` (a replay, 409 or 422), the
+campaign's fields (422 ``invalid_fields``), its duplicate check (422
+``duplicate_lead``), then Kafka (202, or 503 leaving nothing behind).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import datetime as dt
 import hashlib
 import json
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
@@ -18,6 +25,7 @@ from lx_schemas import events as ev
 from lx_schemas.envelope import Frozen, derived_id, utcnow
 
 from lx_ingest import domain, store
+from lx_ingest.settings import IngestSettings
 
 log = get_logger(__name__)
 router = APIRouter(tags=["leads"])
@@ -40,26 +48,58 @@ class LeadStatus(Frozen):
     reason: str | None = None
 
 
-def _error(code: str, detail: str) -> dict[str, Any]:
+def _error(code: str, detail: str, *more: tuple[str, str]) -> dict[str, Any]:
+    """An OpenAPI response: one example per error code the status can carry."""
+    cases = [(code, detail), *more]
+    examples = {c: {"summary": d, "value": {"error": {"code": c, "detail": d}}} for c, d in cases}
     return {
-        "description": detail,
-        "content": {"application/json": {"example": {"error": {"code": code, "detail": detail}}}},
+        "description": "; ".join(f"`{c}`: {d}" for c, d in cases),
+        "content": {"application/json": {"examples": examples}},
     }
 
 
 POST_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: _error("malformed_json", "the body is not a JSON object"),
+    400: _error(
+        "malformed_json",
+        "the body is not a JSON object",
+        ("invalid_idempotency_key", "the Idempotency-Key is not 1-255 printable characters"),
+    ),
     401: _error("invalid_api_key", "missing or unknown source API key"),
-    403: _error("source_paused", "the source or its campaign is paused"),
+    403: _error(
+        "source_paused",
+        "the source is paused",
+        ("campaign_paused", "the source's campaign is paused"),
+    ),
+    409: _error(
+        "request_in_progress",
+        "a request with this Idempotency-Key is still being processed; retry shortly",
+    ),
     413: _error("payload_too_large", "the body is larger than allowed"),
-    422: _error("invalid_fields", "fields failed validation; each one is listed"),
+    422: _error(
+        "invalid_fields",
+        "fields failed validation; each one is listed",
+        ("duplicate_lead", "a lead with the same value of `field` was accepted in the window"),
+        ("idempotency_key_reused", "this Idempotency-Key came before with another body"),
+    ),
     503: _error("unavailable", "the lead could not be stored durably; retry"),
 }
+IDEMPOTENCY_KEY_DOC = (
+    "Makes a retry safe: for 24 hours (at least), the same key with the same body gets the"
+    " first answer again (`Idempotent-Replayed: true`) and creates nothing; with another body,"
+    " `422 idempotency_key_reused`; while the first request runs, `409`. Scoped to the"
+    " source. Answers 202 and 422 are remembered; 5xx are not, so a retry can succeed."
+)
 
 
 def _runtime(request: Request) -> Runtime:
     rt: Runtime = request.app.state.runtime
     return rt
+
+
+def _settings(rt: Runtime) -> IngestSettings:
+    settings = rt.settings
+    assert isinstance(settings, IngestSettings)
+    return settings
 
 
 async def _source(
@@ -110,10 +150,22 @@ Source = Annotated[store.SourceContext, Depends(_source)]
         }
     },
 )
-async def post_lead(request: Request, source: Source) -> Response:
+async def post_lead(
+    request: Request,
+    source: Source,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", description=IDEMPOTENCY_KEY_DOC)
+    ] = None,
+) -> Response:
     """Accept a lead: ``202`` once it is durably in Kafka, else a 4xx naming the reason."""
     rt = _runtime(request)
-    limit: int = rt.settings.max_body_bytes  # type: ignore[attr-defined]
+    if idempotency_key is not None and not domain.valid_idempotency_key(idempotency_key):
+        return problem(
+            400,
+            "invalid_idempotency_key",
+            "the Idempotency-Key must be 1 to 255 printable ASCII characters without spaces",
+        )
+    limit = _settings(rt).max_body_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         return problem(413, "payload_too_large", f"the body exceeds {limit} bytes")
@@ -132,7 +184,109 @@ async def post_lead(request: Request, source: Source) -> Response:
         return problem(403, "source_paused", "this source is paused")
     if source.campaign_status != ev.Status.ACTIVE:
         return problem(403, "campaign_paused", "this source's campaign is paused")
+    if idempotency_key is None:
+        return await _decide(rt, source, data, uuid.uuid4())
+    return await _decide_once(rt, source, data, idempotency_key)
 
+
+@dataclass(frozen=True)
+class HeldKey:
+    """An Idempotency-Key this request holds while it decides the lead."""
+
+    source_id: uuid.UUID
+    key: str
+    claim_id: uuid.UUID
+
+
+async def _decide_once(
+    rt: Runtime, source: store.SourceContext, data: dict[str, Any], key: str
+) -> Response:
+    """``_decide`` at most once per (source, key): later requests get its answer."""
+    settings = _settings(rt)
+    fingerprint = domain.request_fingerprint(settings.hash_key.get_secret_value().encode(), data)
+    async with rt.db.begin() as conn:
+        claim = await store.claim_idempotency_key(
+            conn,
+            source.source_id,
+            key,
+            fingerprint,
+            now=utcnow(),
+            lease=dt.timedelta(seconds=settings.idempotency_lease_s),
+            ttl=dt.timedelta(hours=settings.idempotency_ttl_hours),
+        )
+    verdict = claim.verdict
+    if verdict is domain.KeyVerdict.REPLAY:
+        assert claim.status_code is not None and claim.response is not None
+        return Response(
+            claim.response,
+            status_code=claim.status_code,
+            media_type="application/json",
+            headers={"Idempotent-Replayed": "true"},
+        )
+    if verdict is domain.KeyVerdict.REUSED:
+        return problem(
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key was sent before with a different body; use a new key",
+        )
+    if verdict is domain.KeyVerdict.IN_FLIGHT:
+        response = problem(
+            409,
+            "request_in_progress",
+            "a request with this Idempotency-Key is still being processed; retry shortly",
+        )
+        response.headers["Retry-After"] = "1"
+        return response
+
+    held = HeldKey(source.source_id, key, claim.claim_id)
+    if claim.lead_id is not None:
+        log.warning("idempotency_key_taken_over", source_id=str(source.source_id))
+    answer: Response | None = None
+    try:
+        answer = await _decide(
+            rt, source, data, claim.lead_id or uuid.uuid4(), held, resumed=claim.lead_id is not None
+        )
+        return answer
+    finally:
+        await _settle(rt, held, answer)
+
+
+async def _settle(rt: Runtime, held: HeldKey, answer: Response | None) -> None:
+    """Remember the answer for the key's retries, or let go of the key.
+
+    A 5xx has undone its lead: the key is forgotten and a retry starts afresh. A request
+    that raised (or was cancelled) may have stored its lead: the key is handed on, so
+    that a retry takes it over and finishes that same lead.
+    """
+    try:
+        async with rt.db.begin() as conn:
+            if answer is None:
+                await store.hand_on_key(conn, held.source_id, held.key, held.claim_id, now=utcnow())
+            elif domain.remembers(answer.status_code):
+                await store.answer_key(
+                    conn,
+                    held.source_id,
+                    held.key,
+                    held.claim_id,
+                    status_code=answer.status_code,
+                    response=bytes(answer.body),
+                    now=utcnow(),
+                )
+            else:
+                await store.release_key(conn, held.source_id, held.key, held.claim_id)
+    except Exception as exc:  # the lease runs out, and a retry takes the key over
+        log.error("idempotency_key_not_settled", source_id=str(held.source_id), error=repr(exc))
+
+
+async def _decide(
+    rt: Runtime,
+    source: store.SourceContext,
+    data: dict[str, Any],
+    lead_id: uuid.UUID,
+    held: HeldKey | None = None,
+    *,
+    resumed: bool = False,
+) -> Response:
     lead, errors = domain.normalise_lead(source.fields, data)
     if lead is None:
         return problem(
@@ -141,21 +295,74 @@ async def post_lead(request: Request, source: Source) -> Response:
             "some fields failed validation",
             errors=[e.__dict__ for e in errors],
         )
-    return await _accept(rt, source, lead)
+    return await _accept(rt, source, lead, lead_id, held, resumed=resumed)
+
+
+class _Duplicate(Exception):
+    """Raised inside the lead's transaction to roll all of it back."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(field)
+        self.field = field
 
 
 async def _accept(
-    rt: Runtime, source: store.SourceContext, lead: domain.NormalisedLead
+    rt: Runtime,
+    source: store.SourceContext,
+    lead: domain.NormalisedLead,
+    lead_id: uuid.UUID,
+    held: HeldKey | None,
+    *,
+    resumed: bool,
 ) -> Response:
+    """Store the lead (its duplicate-index entries, data key and status row in one
+    transaction), then publish it. ``resumed``: a dead request had begun this lead."""
     vault: store.KeyVault = rt.extras["vault"]
-    lead_id = uuid.uuid4()
     received_at = utcnow()
-    async with rt.db.begin() as conn:
-        pii = None
-        if lead.pii:
-            data_key = await vault.create(conn, lead_id)
-            pii = seal_fields(data_key, lead_id, lead.pii)
-        await store.insert_lead(conn, lead_id, source, received_at)
+    rule = source.dedupe
+    dedupe_keys = (
+        domain.dedupe_keys(
+            rule,
+            source.fields,
+            lead,
+            campaign_id=source.campaign_id,
+            account_id=source.account_id,
+            hash_key=_settings(rt).hash_key.get_secret_value().encode(),
+        )
+        if rule
+        else []
+    )
+    try:
+        async with rt.db.begin() as conn:
+            if rule and dedupe_keys:
+                taken = await store.claim_dedupe_keys(
+                    conn,
+                    dedupe_keys,
+                    lead_id,
+                    seen_at=received_at,
+                    window=dt.timedelta(days=rule.window_days),
+                )
+                if field := domain.first_duplicate(rule, taken):
+                    raise _Duplicate(field)
+            pii = None
+            if lead.pii:
+                if resumed:
+                    data_key = await vault.get_or_create(conn, lead_id)
+                else:
+                    data_key = await vault.create(conn, lead_id)
+                pii = seal_fields(data_key, lead_id, lead.pii)
+            await store.insert_lead(conn, lead_id, source, received_at)
+            if held is not None:
+                await store.record_key_lead(conn, held.source_id, held.key, held.claim_id, lead_id)
+    except _Duplicate as duplicate:
+        assert rule is not None
+        log.info("lead_duplicate", source_id=str(source.source_id), field=duplicate.field)
+        return problem(
+            422,
+            "duplicate_lead",
+            domain.duplicate_detail(rule, duplicate.field),
+            field=duplicate.field,
+        )
     received = ev.LeadReceived.new(
         event_id=derived_id("lead.received", lead_id),
         occurred_at=received_at,
@@ -181,7 +388,7 @@ async def _accept(
         ),
     )
     try:
-        await rt.publisher.publish_all([(received, lead_id), (usage, source.account_id)])
+        await rt.publisher.publish(received, lead_id)
     except Exception as exc:  # not durably stored: answer 503 and leave nothing behind
         log.error("lead_publish_failed", lead_id=str(lead_id), error=repr(exc))
         async with rt.db.begin() as conn:
@@ -189,6 +396,16 @@ async def _accept(
         response = problem(503, "unavailable", "the lead could not be stored; retry")
         response.headers["Retry-After"] = "5"
         return response
+    # The lead is in Kafka: from here nothing may undo it. Its usage goes out now, or
+    # through the outbox if Kafka fails meanwhile (a deterministic id makes a late or
+    # repeated copy harmless).
+    try:
+        await rt.publisher.publish(usage, source.account_id)
+    except Exception as exc:
+        log.warning("usage_publish_deferred", lead_id=str(lead_id), error=repr(exc))
+        async with rt.db.begin() as conn:
+            await rt.outbox.stage(conn, usage, source.account_id)
+        rt.relay.wake()
     log.info("lead_received", lead_id=str(lead_id), source_id=str(source.source_id))
     return JSONResponse(
         LeadAccepted(lead_id=lead_id, received_at=received_at).model_dump(mode="json"),

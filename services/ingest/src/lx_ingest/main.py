@@ -6,6 +6,7 @@ from lx_platform.runtime import build_runtime, create_app
 from lx_schemas import topics
 
 from lx_ingest import api, handlers, store
+from lx_ingest.retention import Pruner
 from lx_ingest.settings import IngestSettings
 
 
@@ -13,6 +14,9 @@ def create_service(settings: IngestSettings | None = None) -> FastAPI:
     settings = settings or IngestSettings()
     rt = build_runtime("ingest", settings, migrations=["lx_ingest"])
     rt.extras["vault"] = store.KeyVault(KeyWrapper(*settings.keks()))
+    pruner = Pruner(rt.db, settings)
+    rt.on_start.append(pruner.start)
+    rt.on_stop.append(pruner.stop)
     rt.consume(
         group_id="ingest",
         topics=[topics.CONFIG_CHANGED, topics.DELIVERY_OUTCOME],

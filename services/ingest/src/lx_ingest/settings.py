@@ -1,11 +1,13 @@
 import base64
 
 from lx_platform.settings import ServiceSettings
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 # Development-only key-encryption key; production refuses it.
 DEV_KEK = base64.b64encode(b"lx-development-kek-not-a-secret!").decode()
+# Development-only key of the keyed hashes (duplicate index, idempotency fingerprints).
+DEV_HASH_KEY = "lx-development-hash-key-not-a-secret"
 
 
 class IngestSettings(ServiceSettings):
@@ -16,6 +18,27 @@ class IngestSettings(ServiceSettings):
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     # Key-encryption keys of the PII vault, "id:base64key" comma-separated; the first wraps.
     vault_keks: SecretStr = SecretStr(f"dev1:{DEV_KEK}")
+    # HMAC-SHA256 key: the duplicate index and idempotency fingerprints hold only keyed
+    # hashes of normalised values, never the values. Changing it forgets the duplicate
+    # index (leads seen before the change no longer match).
+    hash_key: SecretStr = SecretStr(DEV_HASH_KEY)
+    # An Idempotency-Key is remembered this long after its first request (24 h at least).
+    idempotency_ttl_hours: int = Field(24, ge=24, le=24 * 30)
+    # A request holding a key this long without finishing is presumed dead (a crashed
+    # replica); a retry may then take the key over, with the same lead id.
+    idempotency_lease_s: float = Field(60.0, ge=5.0)
+    # Expired idempotency keys and duplicate-index entries are deleted in batches.
+    prune_interval_s: float = Field(300.0, gt=0)
+    prune_batch_rows: int = Field(1_000, ge=1)
+
+    @model_validator(mode="after")
+    def _refuse_the_development_hash_key_in_production(self) -> "IngestSettings":
+        key = self.hash_key.get_secret_value()
+        if self.platform.environment == "production" and key == DEV_HASH_KEY:
+            raise ValueError("LX_INGEST_HASH_KEY must be set to a real secret in production")
+        if len(key.encode()) < 32:
+            raise ValueError("LX_INGEST_HASH_KEY must be at least 32 bytes")
+        return self
 
     def keks(self) -> tuple[dict[str, bytes], str]:
         pairs = [p.split(":", 1) for p in self.vault_keks.get_secret_value().split(",") if p]

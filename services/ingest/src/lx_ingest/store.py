@@ -1,4 +1,5 @@
-"""Ingest's tables: config read models, the PII key vault and lead status."""
+"""Ingest's tables: config read models, the PII key vault, lead status, the duplicate
+index and idempotency keys."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from lx_platform.crypto import KeyWrapper, new_data_key
-from lx_schemas.events import CampaignState, FieldSpec, SourceState
+from lx_schemas.events import CampaignState, DedupeRule, FieldSpec, SourceState
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+from lx_ingest import domain
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,7 @@ class SourceContext:
     source_status: str
     campaign_status: str | None
     fields: tuple[FieldSpec, ...]
+    dedupe: DedupeRule | None = None
 
 
 async def source_by_key_hash(conn: AsyncConnection, key_sha256: str) -> SourceContext | None:
@@ -30,7 +34,7 @@ async def source_by_key_hash(conn: AsyncConnection, key_sha256: str) -> SourceCo
         await conn.execute(
             text(
                 "select s.source_id, s.account_id, s.campaign_id, s.status as source_status,"
-                " c.status as campaign_status, c.fields"
+                " c.status as campaign_status, c.fields, c.dedupe"
                 " from sources s left join campaigns c using (campaign_id)"
                 " where s.api_key_sha256 = :h"
             ),
@@ -47,22 +51,25 @@ async def source_by_key_hash(conn: AsyncConnection, key_sha256: str) -> SourceCo
         row.source_status,
         row.campaign_status,
         fields,
+        DedupeRule.model_validate(row.dedupe) if row.dedupe else None,
     )
 
 
 async def upsert_campaign(conn: AsyncConnection, c: CampaignState) -> None:
     await conn.execute(
         text(
-            "insert into campaigns (campaign_id, account_id, status, fields)"
-            " values (:id, :a, :s, cast(:f as jsonb)) on conflict (campaign_id) do update"
+            "insert into campaigns (campaign_id, account_id, status, fields, dedupe)"
+            " values (:id, :a, :s, cast(:f as jsonb), cast(:d as jsonb))"
+            " on conflict (campaign_id) do update"
             " set account_id = excluded.account_id, status = excluded.status,"
-            " fields = excluded.fields"
+            " fields = excluded.fields, dedupe = excluded.dedupe"
         ),
         {
             "id": c.campaign_id,
             "a": c.account_id,
             "s": c.status,
             "f": json.dumps([f.model_dump(mode="json") for f in c.fields]),
+            "d": c.dedupe.model_dump_json() if c.dedupe else None,
         },
     )
 
@@ -105,14 +112,19 @@ class KeyVault:
         )
         return self.wrapper.unwrap(wrapped) if wrapped else None
 
+    async def get_or_create(self, conn: AsyncConnection, key_id: uuid.UUID) -> bytes:
+        """A retry that continues a dead request's lead keeps that lead's key."""
+        return await self.get(conn, key_id) or await self.create(conn, key_id)
+
 
 async def insert_lead(
     conn: AsyncConnection, lead_id: uuid.UUID, ctx: SourceContext, received_at: dt.datetime
 ) -> None:
+    # "do nothing": a retry taking over an idempotency key may find its lead already here.
     await conn.execute(
         text(
             "insert into leads (lead_id, source_id, campaign_id, account_id, received_at)"
-            " values (:l, :s, :c, :a, :r)"
+            " values (:l, :s, :c, :a, :r) on conflict (lead_id) do nothing"
         ),
         {
             "l": lead_id,
@@ -128,6 +140,7 @@ async def forget_lead(conn: AsyncConnection, lead_id: uuid.UUID) -> None:
     """Undo an accepted-but-unpublished lead: nothing stays of a request that failed."""
     await conn.execute(text("delete from leads where lead_id = :l"), {"l": lead_id})
     await conn.execute(text("delete from lead_keys where key_id = :l"), {"l": lead_id})
+    await conn.execute(text("delete from dedupe_index where lead_id = :l"), {"l": lead_id})
 
 
 async def lead_status(
@@ -154,3 +167,261 @@ async def record_outcomes(conn: AsyncConnection, outcomes: Sequence[dict[str, An
             ),
             outcomes,
         )
+
+
+# --- the duplicate index --------------------------------------------------------------------
+
+
+async def claim_dedupe_keys(
+    conn: AsyncConnection,
+    keys: Sequence[domain.DedupeKey],
+    lead_id: uuid.UUID,
+    *,
+    seen_at: dt.datetime,
+    window: dt.timedelta,
+) -> set[str]:
+    """Take ``keys`` for ``lead_id``; return the fields whose value another lead holds.
+
+    Race-free because the check is the write: ``INSERT ... ON CONFLICT`` on the primary
+    key. Of two transactions inserting the same key, the second waits on the first's
+    uncommitted row; once the first commits, the second's ``DO UPDATE ... WHERE`` is
+    evaluated against that committed row (still in the window: no row returned, a
+    duplicate), and if the first rolled back, the second simply inserts. An entry
+    outside the window (or expired, or left by this very lead on an earlier try) is
+    taken over. The caller rolls back its whole transaction when any field is taken.
+    Keys come sorted, so every transaction locks entries in the same order.
+    """
+    duplicated: set[str] = set()
+    for key in keys:
+        won = await conn.scalar(
+            text(
+                "insert into dedupe_index as d"
+                " (scope, scope_id, field, value_hash, lead_id, seen_at, expires_at)"
+                " values (:scope, :scope_id, :field, :hash, :lead, :seen, :expires)"
+                " on conflict (scope, scope_id, field, value_hash) do update"
+                " set lead_id = excluded.lead_id, seen_at = excluded.seen_at,"
+                " expires_at = excluded.expires_at"
+                " where d.lead_id = excluded.lead_id or d.seen_at <= :window_start"
+                " or d.expires_at <= excluded.seen_at"
+                " returning true"
+            ),
+            {
+                "scope": key.scope.value,
+                "scope_id": key.scope_id,
+                "field": key.field,
+                "hash": key.value_hash,
+                "lead": lead_id,
+                "seen": seen_at,
+                "expires": seen_at + window,
+                "window_start": seen_at - window,
+            },
+        )
+        if not won:
+            duplicated.add(key.field)
+    return duplicated
+
+
+# --- idempotency keys -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyClaim:
+    """What ``claim_idempotency_key`` decided, and what the request needs to go on."""
+
+    verdict: domain.KeyVerdict
+    claim_id: uuid.UUID
+    lead_id: uuid.UUID | None = None  # the lead a dead request had begun (take-over)
+    status_code: int | None = None  # a replay's answer
+    response: bytes | None = None
+
+
+async def claim_idempotency_key(
+    conn: AsyncConnection,
+    source_id: uuid.UUID,
+    key: str,
+    fingerprint: bytes,
+    *,
+    now: dt.datetime,
+    lease: dt.timedelta,
+    ttl: dt.timedelta,
+) -> KeyClaim:
+    """Claim ``key`` for this request, or say why not. Commit right after, so that a
+    concurrent request with the same key sees the claim.
+
+    The unique key admits one inserter; everyone else reads the row ``FOR UPDATE``, so
+    a take-over of a dead claim is decided by one request at a time.
+    """
+    claim_id = uuid.uuid4()
+    params = {
+        "src": source_id,
+        "key": key,
+        "fp": fingerprint,
+        "claim": claim_id,
+        "now": now,
+        "lease": now + lease,
+    }
+    for _ in range(5):  # the row may vanish between the insert and the select (pruned)
+        inserted = await conn.scalar(
+            text(
+                "insert into idempotency_keys"
+                " (source_id, key, fingerprint, claim_id, created_at, lease_until)"
+                " values (:src, :key, :fp, :claim, :now, :lease)"
+                " on conflict (source_id, key) do nothing returning true"
+            ),
+            params,
+        )
+        if inserted:
+            return KeyClaim(domain.KeyVerdict.NEW, claim_id)
+        row = (
+            await conn.execute(
+                text(
+                    "select fingerprint, created_at, lease_until, status_code, lead_id, response"
+                    " from idempotency_keys where source_id = :src and key = :key for update"
+                ),
+                params,
+            )
+        ).first()
+        if row is None:
+            continue
+        stored = domain.StoredKey(
+            fingerprint=bytes(row.fingerprint),
+            created_at=row.created_at,
+            lease_until=row.lease_until,
+            status_code=row.status_code,
+            lead_id=row.lead_id,
+        )
+        verdict = domain.judge_key(stored, fingerprint, now=now, ttl=ttl)
+        if verdict is domain.KeyVerdict.NEW:
+            await conn.execute(
+                text(
+                    "update idempotency_keys set fingerprint = :fp, claim_id = :claim,"
+                    " created_at = :now, lease_until = :lease, lead_id = null,"
+                    " status_code = null, response = null, completed_at = null"
+                    " where source_id = :src and key = :key"
+                ),
+                params,
+            )
+            return KeyClaim(verdict, claim_id)
+        if verdict is domain.KeyVerdict.TAKE_OVER:
+            await conn.execute(
+                text(
+                    "update idempotency_keys set claim_id = :claim, lease_until = :lease"
+                    " where source_id = :src and key = :key"
+                ),
+                params,
+            )
+            return KeyClaim(verdict, claim_id, lead_id=stored.lead_id)
+        if verdict is domain.KeyVerdict.REPLAY:
+            return KeyClaim(
+                verdict,
+                claim_id,
+                lead_id=stored.lead_id,
+                status_code=stored.status_code,
+                response=bytes(row.response),
+            )
+        return KeyClaim(verdict, claim_id)
+    raise RuntimeError(f"idempotency key of source {source_id} kept vanishing")
+
+
+async def record_key_lead(
+    conn: AsyncConnection, source_id: uuid.UUID, key: str, claim_id: uuid.UUID, lead_id: uuid.UUID
+) -> None:
+    """In the lead's own transaction: a retry after a crash continues with this lead id."""
+    await conn.execute(
+        text(
+            "update idempotency_keys set lead_id = :lead"
+            " where source_id = :src and key = :key and claim_id = :claim"
+        ),
+        {"lead": lead_id, "src": source_id, "key": key, "claim": claim_id},
+    )
+
+
+async def answer_key(
+    conn: AsyncConnection,
+    source_id: uuid.UUID,
+    key: str,
+    claim_id: uuid.UUID,
+    *,
+    status_code: int,
+    response: bytes,
+    now: dt.datetime,
+) -> None:
+    """Remember the answer for the key's retries (only if this request still holds it)."""
+    await conn.execute(
+        text(
+            "update idempotency_keys set status_code = :status, response = :body,"
+            " completed_at = :now, lease_until = null"
+            " where source_id = :src and key = :key and claim_id = :claim"
+        ),
+        {
+            "status": status_code,
+            "body": response,
+            "now": now,
+            "src": source_id,
+            "key": key,
+            "claim": claim_id,
+        },
+    )
+
+
+async def release_key(
+    conn: AsyncConnection, source_id: uuid.UUID, key: str, claim_id: uuid.UUID
+) -> None:
+    """Forget a claim whose request failed (5xx): the retry starts afresh."""
+    await conn.execute(
+        text(
+            "delete from idempotency_keys"
+            " where source_id = :src and key = :key and claim_id = :claim"
+        ),
+        {"src": source_id, "key": key, "claim": claim_id},
+    )
+
+
+async def hand_on_key(
+    conn: AsyncConnection,
+    source_id: uuid.UUID,
+    key: str,
+    claim_id: uuid.UUID,
+    *,
+    now: dt.datetime,
+) -> None:
+    """End this request's lease at once: the next retry takes the key (and its lead) over."""
+    await conn.execute(
+        text(
+            "update idempotency_keys set lease_until = :now"
+            " where source_id = :src and key = :key and claim_id = :claim"
+        ),
+        {"now": now, "src": source_id, "key": key, "claim": claim_id},
+    )
+
+
+# --- expiry ---------------------------------------------------------------------------------
+
+
+async def prune_idempotency_keys(
+    conn: AsyncConnection, *, created_before: dt.datetime, now: dt.datetime, limit: int
+) -> int:
+    """Delete up to ``limit`` expired keys (never one a live request holds)."""
+    result = await conn.execute(
+        text(
+            "delete from idempotency_keys where ctid = any(array("
+            " select ctid from idempotency_keys where created_at < :before"
+            " and (lease_until is null or lease_until < :now)"
+            " limit :n for update skip locked))"
+        ),
+        {"before": created_before, "now": now, "n": limit},
+    )
+    return int(result.rowcount)
+
+
+async def prune_dedupe_index(conn: AsyncConnection, *, now: dt.datetime, limit: int) -> int:
+    """Delete up to ``limit`` duplicate-index entries whose window has passed."""
+    result = await conn.execute(
+        text(
+            "delete from dedupe_index where ctid = any(array("
+            " select ctid from dedupe_index where expires_at < :now"
+            " limit :n for update skip locked))"
+        ),
+        {"now": now, "n": limit},
+    )
+    return int(result.rowcount)

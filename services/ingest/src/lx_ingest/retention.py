@@ -1,0 +1,78 @@
+"""Deleting what ingest keeps only for a while: expired idempotency keys and duplicate-
+index entries whose window has passed.
+
+Expiry is decided on read (an expired key or entry counts as absent), so how late the
+pruner runs never changes an answer, only how much the tables hold. It deletes in
+bounded batches, each its own short transaction, skipping rows a request has locked;
+every replica may run it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+
+from lx_platform.db import Database
+from lx_platform.logging import get_logger
+from lx_schemas.envelope import utcnow
+
+from lx_ingest import store
+from lx_ingest.settings import IngestSettings
+
+log = get_logger(__name__)
+# At most this many batches per table and round: a backlog drains over several rounds
+# instead of holding the database for one long stretch.
+MAX_BATCHES_PER_ROUND = 50
+
+
+async def prune_once(db: Database, settings: IngestSettings) -> dict[str, int]:
+    """One round over both tables; returns how many rows each lost."""
+    batch = settings.prune_batch_rows
+    ttl = dt.timedelta(hours=settings.idempotency_ttl_hours)
+    deleted = {"idempotency_keys": 0, "dedupe_index": 0}
+    for _ in range(MAX_BATCHES_PER_ROUND):
+        now = utcnow()
+        async with db.begin() as conn:
+            n = await store.prune_idempotency_keys(
+                conn, created_before=now - ttl, now=now, limit=batch
+            )
+        deleted["idempotency_keys"] += n
+        if n < batch:
+            break
+    for _ in range(MAX_BATCHES_PER_ROUND):
+        async with db.begin() as conn:
+            n = await store.prune_dedupe_index(conn, now=utcnow(), limit=batch)
+        deleted["dedupe_index"] += n
+        if n < batch:
+            break
+    return deleted
+
+
+class Pruner:
+    """Runs ``prune_once`` every ``prune_interval_s`` while the service runs."""
+
+    def __init__(self, db: Database, settings: IngestSettings) -> None:
+        self.db = db
+        self.settings = settings
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="ingest-pruner")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                deleted = await prune_once(self.db, self.settings)
+                if any(deleted.values()):
+                    log.info("expired_rows_pruned", **deleted)
+            except Exception as exc:  # the database may be away: try again next round
+                log.warning("prune_failed", error=repr(exc))
+            await asyncio.sleep(self.settings.prune_interval_s)
