@@ -28,7 +28,6 @@ from lx_devstack.infra import Infra
 from lx_platform.runtime import Runtime
 from lx_platform.settings import PlatformSettings
 from lx_schemas import events as ev
-from lx_schemas.envelope import derived_id
 from lx_schemas.topics import DELIVERY_OUTCOME
 from pydantic import ValidationError
 from sqlalchemy import text
@@ -38,6 +37,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Mount, Route
 
 from tests.support.dns import StubDns
+from tests.support.events import routed as _routed
 from tests.support.http import Canary, ThreadedServer
 from tests.support.services import serving, settings_for
 from tests.support.settle import publish, read_all, until, wait_consumed, wait_relayed
@@ -221,7 +221,7 @@ class Egress:
             )
             for b in buyers
         ]
-        offers = [routed(b) for b in buyers]
+        offers = [routed_to(b) for b in buyers]
         group = f"{self.prefix}delivery"
         await wait_consumed(
             self.infra.kafka_bootstrap,
@@ -259,25 +259,6 @@ class Egress:
         (delivery,) = answer.json()["deliveries"]
         result: dict[str, Any] = delivery
         return result
-
-
-def routed(buyer: ev.BuyerState) -> ev.LeadRouted:
-    lead_id = uuid.uuid4()
-    return ev.LeadRouted.new(
-        account_id=ACCOUNT,
-        correlation_id=lead_id,
-        producer="test",
-        payload=ev.LeadRoutedPayload(
-            lead_id=lead_id,
-            campaign_id=buyer.campaign_id,
-            source_id=uuid.uuid4(),
-            buyer_id=buyer.buyer_id,
-            attempt=1,
-            delivery_id=derived_id("delivery", lead_id, buyer.buyer_id, 1),
-            price=buyer.price,
-            lead=ev.LeadContent(fields={"state": "CA", "zip": "94105"}),
-        ),
-    )
 
 
 @contextlib.contextmanager
@@ -452,3 +433,7 @@ async def test_a_huge_answer_is_cut_at_the_log_limit(egress: Egress) -> None:
     assert only_try["latency_ms"] < 2_000
     await asyncio.sleep(0)
     assert egress.canary.hits == []
+
+
+def routed_to(buyer: ev.BuyerState) -> ev.LeadRouted:
+    return _routed(buyer, ACCOUNT)

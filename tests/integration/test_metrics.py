@@ -14,12 +14,13 @@ from lx_devstack.buyer import create_buyer_app
 from lx_devstack.infra import Infra
 from lx_platform.settings import PlatformSettings
 from lx_schemas import events as ev
-from lx_schemas.envelope import Event, derived_id
+from lx_schemas.envelope import Event
 from lx_schemas.topics import CONFIG_CHANGED, DELIVERY_OUTCOME, LEAD_ROUTED, USAGE_INCREMENTED
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
+from tests.support.events import routed as _routed
 from tests.support.http import ThreadedServer
 from tests.support.services import serving, settings_for
 from tests.support.settle import Position, publish, until, wait_consumed, wait_relayed
@@ -62,26 +63,6 @@ def configured(buyer_url: str, mode: str) -> ev.BuyerConfigured:
     )
 
 
-def routed(buyer: ev.BuyerState) -> ev.LeadRouted:
-    """A routing decision offering a new lead (no PII: no key vault needed) to ``buyer``."""
-    lead_id = uuid.uuid4()
-    return ev.LeadRouted.new(
-        account_id=ACCOUNT,
-        correlation_id=lead_id,
-        producer="test",
-        payload=ev.LeadRoutedPayload(
-            lead_id=lead_id,
-            campaign_id=buyer.campaign_id,
-            source_id=uuid.uuid4(),
-            buyer_id=buyer.buyer_id,
-            attempt=1,
-            delivery_id=derived_id("delivery", lead_id, buyer.buyer_id, 1),
-            price=buyer.price,
-            lead=ev.LeadContent(fields={"state": "CA", "zip": "94105"}),
-        ),
-    )
-
-
 async def test_metrics_count_exactly_the_traffic_a_service_handled(
     infra: Infra, isolation: str
 ) -> None:
@@ -114,7 +95,7 @@ async def test_metrics_count_exactly_the_traffic_a_service_handled(
 
             buyers = [configured(buyer_server.url, m) for m in ("accept", "reject", "error")]
             accept, reject, error = (b.payload.buyer_id for b in buyers)
-            offers = [routed(b.payload) for b in buyers]
+            offers = [routed_to(b.payload) for b in buyers]
             positions = [await send(b, b.payload.buyer_id) for b in buyers]
             positions += [await send(o, o.payload.lead_id) for o in offers]
             # The same event again (a producer's retry): consumed, skipped as a duplicate.
@@ -183,3 +164,7 @@ async def test_metrics_count_exactly_the_traffic_a_service_handled(
     assert series(metrics, "lx_http_request_seconds_count") == {
         labels(method="GET", route=template): 2
     }
+
+
+def routed_to(buyer: ev.BuyerState) -> ev.LeadRouted:
+    return _routed(buyer, ACCOUNT)

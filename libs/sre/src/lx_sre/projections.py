@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,22 +36,15 @@ from lx_schemas.envelope import UnknownEventError, decode_event
 from lx_schemas.topics import DELIVERY_OUTCOME, LEAD_RECEIVED, LEAD_ROUTED, USAGE_INCREMENTED
 from lx_schemas.topics import TopicSpec as Topic
 from pydantic import ValidationError
-from rich.console import Console
 from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
     Progress,
-    ProgressColumn,
-    Task,
     TaskID,
-    TextColumn,
-    TimeRemainingColumn,
 )
-from rich.text import Text as RichText
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from lx_sre import audit
+from lx_sre.progress import progress_bar
 from lx_sre.settings import SreSettings
 
 app = typer.Typer(no_args_is_help=True, help="Rebuild or verify a projection from the log.")
@@ -293,26 +285,6 @@ async def _save_positions(conn: AsyncConnection, reached: dict[TopicPartition, i
     )
 
 
-class RateColumn(ProgressColumn):
-    """Events per second (rich's speed columns speak bytes)."""
-
-    def render(self, task: Task) -> RichText:
-        return RichText(f"{task.speed:>9,.0f} ev/s" if task.speed else "        - ev/s")
-
-
-def _progress() -> Progress:
-    """Progress with rate and ETA on stderr, shown only to a person at a terminal."""
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not sys.stderr.isatty(),
-    )
-
-
 def _lock_sql(tables: Sequence[str], mode: str) -> str:
     # In the live consumer's order (it claims in processed_events, then writes its
     # tables): locking the other way round deadlocks with a batch in flight.
@@ -458,7 +430,7 @@ def rebuild_command(
     live = _settings_for(name)
 
     async def run() -> Stats:
-        with _progress() as progress:
+        with progress_bar() as progress:
             stats = await rebuild_projection(name, fresh=fresh, progress=progress, live=live)
         sre = SreSettings()
         db = await audit.open_audit(sre)
@@ -492,7 +464,7 @@ def verify_command(
     live = _settings_for(name)
 
     async def run() -> tuple[Stats, list[Difference]]:
-        with _progress() as progress:
+        with progress_bar() as progress:
             return await verify_projection(name, progress=progress, live=live, show=show)
 
     stats, differences = asyncio.run(run())

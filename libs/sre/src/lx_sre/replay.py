@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -34,19 +33,12 @@ from aiokafka.errors import (
 from aiokafka.structs import OffsetAndMetadata
 from aiolimiter import AsyncLimiter
 from lx_platform.settings import KafkaSettings
-from rich.console import Console
 from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
     Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeRemainingColumn,
 )
-from rich.text import Text
 
 from lx_sre import audit
+from lx_sre.progress import progress_bar
 from lx_sre.settings import SreSettings
 from lx_sre.topics import (
     GroupState,
@@ -397,26 +389,6 @@ async def scan(
 
 def _scanned(ranges: Sequence[PartitionRange]) -> int:
     return sum(r.records or 0 for r in ranges)
-
-
-class RateColumn(ProgressColumn):
-    """Records per second (rich's speed columns speak bytes)."""
-
-    def render(self, task: Task) -> Text:
-        return Text(f"{task.speed:>9,.0f} rec/s" if task.speed else "        - rec/s")
-
-
-def progress_bar() -> Progress:
-    """A progress bar with rate and ETA on stderr, shown only to a person at a terminal."""
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not sys.stderr.isatty(),
-    )
 
 
 # --- execution -----------------------------------------------------------------------------
