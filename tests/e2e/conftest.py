@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+from pathlib import Path
 from collections.abc import Iterator
 
 import psycopg
@@ -29,10 +30,23 @@ def _free(port: int) -> bool:
         return True
 
 
+def _ephemeral_floor() -> int:
+    """Where the kernel starts handing out ports to outgoing connections."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768  # Linux's default
+
+
 def free_port_block(size: int) -> int:
-    """A base port with ``size`` free ports after it (services need consecutive ports)."""
+    """A base port with ``size`` free ports after it (services need consecutive ports).
+
+    Below the ephemeral range: a service restarted after kill -9 must find its port free,
+    and an outgoing connection may take any ephemeral port the moment it is released.
+    """
+    ceiling = min(_ephemeral_floor(), 32_768) - size
     for _ in range(200):
-        base = random.randrange(20_000, 40_000)
+        base = random.randrange(15_000, ceiling)
         if all(_free(base + i) for i in range(size)):
             return base
     raise RuntimeError("no block of free ports found")

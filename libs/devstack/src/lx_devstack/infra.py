@@ -46,7 +46,7 @@ def local_kafka() -> KafkaNode:
 
 
 def local_postgres() -> PostgresNode:
-    """The project's local PostgreSQL (``.local/pg``, port 55432)."""
+    """The project's local PostgreSQL (``.local/pg``, port 25432)."""
     return PostgresNode(pg_dir(), log_file=logs_dir() / "postgres.log")
 
 

@@ -114,7 +114,7 @@ class PostgresNode:
     ``/tmp/lx-pg-<hash of data_dir>`` instead.
     """
 
-    def __init__(self, data_dir: Path, port: int = 55432, *, log_file: Path | None = None) -> None:
+    def __init__(self, data_dir: Path, port: int = 25432, *, log_file: Path | None = None) -> None:
         """Nothing is created or started until :meth:`start`."""
         self.data_dir = Path(data_dir).resolve()
         self.port = port

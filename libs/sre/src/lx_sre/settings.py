@@ -12,6 +12,6 @@ class SreSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="LX_SRE_", extra="ignore")
 
     # Audit records of every executed replay, rebuild and dead-letter decision.
-    database_url: str = "postgresql+psycopg://lx:lx@127.0.0.1:55432/lx_sre"
+    database_url: str = "postgresql+psycopg://lx:lx@127.0.0.1:25432/lx_sre"
     http_port: int = 0  # lxctl serves nothing
     actor: str = os.environ.get("USER", "unknown")

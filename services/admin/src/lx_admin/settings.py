@@ -5,5 +5,5 @@ from pydantic_settings import SettingsConfigDict
 class AdminSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="LX_ADMIN_", extra="ignore")
 
-    database_url: str = "postgresql+psycopg://lx:lx@127.0.0.1:55432/lx_admin"
+    database_url: str = "postgresql+psycopg://lx:lx@127.0.0.1:25432/lx_admin"
     http_port: int = 8000

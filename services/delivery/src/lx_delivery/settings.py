@@ -6,7 +6,7 @@ from pydantic_settings import SettingsConfigDict
 class DeliverySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="LX_DELIVERY_", extra="ignore")
 
-    database_url: str = "postgresql+psycopg://lx:lx@127.0.0.1:55432/lx_delivery"
+    database_url: str = "postgresql+psycopg://lx:lx@127.0.0.1:25432/lx_delivery"
     http_port: int = 8003
     # Deliveries in flight at once; a slow buyer occupies slots, not a partition.
     max_in_flight: int = Field(64, ge=1)

@@ -13,7 +13,7 @@ DEV_HASH_KEY = "lx-development-hash-key-not-a-secret"
 class IngestSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="LX_INGEST_", extra="ignore")
 
-    database_url: str = "postgresql+psycopg://lx:lx@127.0.0.1:55432/lx_ingest"
+    database_url: str = "postgresql+psycopg://lx:lx@127.0.0.1:25432/lx_ingest"
     http_port: int = 8001
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     # Key-encryption keys of the PII vault, "id:base64key" comma-separated; the first wraps.
