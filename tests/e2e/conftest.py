@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
