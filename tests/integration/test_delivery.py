@@ -33,12 +33,11 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Mount, Route
 
 from tests.support.http import ThreadedServer
-from tests.support.services import serving, settings_for
+from tests.support.services import eventually, serving, settings_for
 from tests.support.settle import (
     publish,
     read_all,
     republished,
-    until,
     wait_consumed,
     wait_relayed,
 )
@@ -206,7 +205,7 @@ class Stack:
                 )
             return status == "done"
 
-        await until(done, f"delivery {offer.delivery_id} done")
+        await eventually(done, what=f"delivery {offer.delivery_id} done")
         await wait_relayed(self.rt)
 
     async def outcomes(self, lead_id: uuid.UUID) -> list[Event]:

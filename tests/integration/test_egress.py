@@ -39,8 +39,8 @@ from starlette.routing import Mount, Route
 from tests.support.dns import StubDns
 from tests.support.events import routed as _routed
 from tests.support.http import Canary, ThreadedServer
-from tests.support.services import serving, settings_for
-from tests.support.settle import publish, read_all, until, wait_consumed, wait_relayed
+from tests.support.services import eventually, serving, settings_for
+from tests.support.settle import publish, read_all, wait_consumed, wait_relayed
 
 ACCOUNT = uuid.uuid4()
 INTERNAL = {"x-lx-internal-token": "dev-internal-token"}
@@ -248,7 +248,7 @@ class Egress:
                 )
             return done == len(ids)
 
-        await until(all_done, f"{len(ids)} deliveries done", within_s=60)
+        await eventually(all_done, what=f"{len(ids)} deliveries done", within=60)
         await wait_relayed(self.rt)
         return [o.payload.lead_id for o in offers]
 

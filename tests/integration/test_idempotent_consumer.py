@@ -20,7 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tests.support.kafka import publish, publish_raw, read_records
-from tests.support.services import settings_for
+from tests.support.services import eventually, settings_for
 
 ACCOUNT = uuid.uuid4()
 POISON, FLAKY = uuid.UUID(int=666), uuid.UUID(int=777)
@@ -68,14 +68,6 @@ async def _effects(rt_db: object) -> list[uuid.UUID]:
         return list(await conn.scalars(text("select event_id from effects order by event_id")))
 
 
-async def _wait(predicate: object, timeout: float = 30.0) -> None:  # noqa: ASYNC109
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await predicate():  # type: ignore[operator]
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.2)
-
-
 async def test_each_effect_happens_once_and_poison_is_dead_lettered(
     infra: Infra, isolation: str
 ) -> None:
@@ -111,7 +103,7 @@ async def test_each_effect_happens_once_and_poison_is_dead_lettered(
     async def all_applied() -> bool:
         return await _effects(rt.db) == expected  # type: ignore[attr-defined]
 
-    await _wait(all_applied)
+    await eventually(all_applied, within=30, what="all_applied")
     dead = await read_records(infra.kafka_bootstrap, f"{topic}.dlq", until=lambda r: len(r) >= 2)
     assert len(dead) == 2
     headers = [{k: v.decode() for k, v in r.headers} for r in dead]
@@ -133,7 +125,7 @@ async def test_each_effect_happens_once_and_poison_is_dead_lettered(
     async def all_counted() -> bool:
         return count("lx_events_consumed_total") == 7
 
-    await _wait(all_counted)
+    await eventually(all_counted, within=30, what="all_counted")
     assert count("lx_events_duplicate_total") == 1
     assert count("lx_events_dead_lettered_total") == 2
 
@@ -146,7 +138,7 @@ async def test_each_effect_happens_once_and_poison_is_dead_lettered(
         infra.kafka_bootstrap, settings.kafka.topic_prefix, [(good[1], ACCOUNT), (marker, ACCOUNT)]
     )
     expected = sorted([*expected, marker.event_id])
-    await _wait(all_applied)
+    await eventually(all_applied, within=30, what="all_applied")
     await asyncio.sleep(1.0)
     assert await _effects(rt.db) == expected  # type: ignore[attr-defined]
 
@@ -155,7 +147,7 @@ async def test_each_effect_happens_once_and_poison_is_dead_lettered(
     probe.poison_fixed = True
     await publish(infra.kafka_bootstrap, settings.kafka.topic_prefix, [(poison, ACCOUNT)])
     expected = sorted([*expected, poison.event_id])
-    await _wait(all_applied)
+    await eventually(all_applied, within=30, what="all_applied")
     async with rt.db.begin() as conn:  # type: ignore[attr-defined]
         rows = (
             await conn.execute(text('select event_id from dead_letters order by "offset"'))
@@ -195,7 +187,7 @@ async def test_a_batch_retried_after_a_transient_failure_counts_each_record_once
         return count("lx_handler_seconds_count") == 1
 
     try:
-        await _wait(batch_done)
+        await eventually(batch_done, within=30, what="batch_done")
         assert probe.flaky_failures == 1
         assert await _effects(rt.db) == sorted([good.event_id, flaky.event_id])
         assert count("lx_events_consumed_total", topic=topic) == 4

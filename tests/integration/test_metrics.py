@@ -22,8 +22,8 @@ from sqlalchemy import text
 
 from tests.support.events import routed as _routed
 from tests.support.http import ThreadedServer
-from tests.support.services import serving, settings_for
-from tests.support.settle import Position, publish, until, wait_consumed, wait_relayed
+from tests.support.services import eventually, serving, settings_for
+from tests.support.settle import Position, publish, wait_consumed, wait_relayed
 
 ACCOUNT = uuid.uuid4()
 INTERNAL = {"x-lx-internal-token": "dev-internal-token"}
@@ -109,7 +109,7 @@ async def test_metrics_count_exactly_the_traffic_a_service_handled(
                 outcomes = series(await scrape(), "lx_delivery_outcomes_total")
                 return done == 3 and sum(outcomes.values()) == 4  # "error" is tried twice
 
-            await until(all_delivered, "three deliveries done, four tries counted")
+            await eventually(all_delivered, what="three deliveries done, four tries counted")
             await wait_relayed(rt)
 
             lead = offers[0].payload.lead_id

@@ -12,20 +12,26 @@ from aiokafka.admin import AIOKafkaAdminClient
 from lx_platform.kafka import encode_key
 from lx_schemas import Event, decode_event, topic_for
 
+Position = tuple[str, int, int]  # topic, partition, offset
+
 
 async def publish(
     bootstrap: str, prefix: str, events: Iterable[tuple[Event, uuid.UUID | str]]
-) -> None:
+) -> list[Position]:
+    """Publish in order, each to its event type's topic; returns where each one landed."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
     await producer.start()
     try:
+        positions = []
         for event, key in events:
-            await producer.send_and_wait(
+            meta = await producer.send_and_wait(
                 topic_for(type(event)).qualified(prefix),
                 event.to_json(),
                 key=encode_key(key),
                 headers=[(k, v.encode()) for k, v in event.headers().items()],
             )
+            positions.append((meta.topic, meta.partition, meta.offset))
+        return positions
     finally:
         await producer.stop()
 

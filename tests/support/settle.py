@@ -6,47 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from lx_platform.kafka import encode_key
 from lx_platform.runtime import Runtime
-from lx_schemas import topic_for
 from lx_schemas.envelope import Event, decode_event
 
-Position = tuple[str, int, int]  # topic, partition, offset
+from tests.support.kafka import Position, publish
+from tests.support.services import eventually
 
-
-async def until(check: Callable[[], Awaitable[bool]], what: str, within_s: float = 20.0) -> None:
-    """Poll ``check`` until it holds; raise ``TimeoutError`` naming ``what`` if it never does."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while not await check():
-        if loop.time() > deadline:
-            raise TimeoutError(f"not reached within {within_s}s: {what}")
-        await asyncio.sleep(0.05)
-
-
-async def publish(
-    bootstrap: str, prefix: str, events: Iterable[tuple[Event, uuid.UUID]]
-) -> list[Position]:
-    """Publish in order, each to its event type's topic; returns where each one landed."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
-    await producer.start()
-    try:
-        positions = []
-        for event, key in events:
-            meta = await producer.send_and_wait(
-                topic_for(type(event)).qualified(prefix),
-                event.to_json(),
-                key=encode_key(key),
-                headers=[(k, v.encode()) for k, v in event.headers().items()],
-            )
-            positions.append((meta.topic, meta.partition, meta.offset))
-        return positions
-    finally:
-        await producer.stop()
+__all__ = ["Position", "publish"]
 
 
 async def wait_consumed(bootstrap: str, group: str, positions: list[Position]) -> None:
@@ -63,7 +32,7 @@ async def wait_consumed(bootstrap: str, group: str, positions: list[Position]) -
                 for t, p, o in positions
             )
 
-        await until(committed, f"{group} consumed {positions}")
+        await eventually(committed, what=f"{group} consumed {positions}")
     finally:
         await admin.close()
 
@@ -74,7 +43,7 @@ async def wait_relayed(rt: Runtime) -> None:
     async def empty() -> bool:
         return await rt.relay.backlog() == 0
 
-    await until(empty, f"{rt.name}'s outbox relayed")
+    await eventually(empty, what=f"{rt.name}'s outbox relayed")
 
 
 async def read_all(bootstrap: str, topic: str) -> list[Event]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from lx_platform.settings import ServiceSettings
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 
@@ -14,4 +15,5 @@ class SreSettings(ServiceSettings):
     # Audit records of every executed replay, rebuild and dead-letter decision.
     database_url: str = "postgresql+psycopg://lx:lx@127.0.0.1:25432/lx_sre"
     http_port: int = 0  # lxctl serves nothing
-    actor: str = os.environ.get("USER", "unknown")
+    # Who runs lxctl, for the audit log; read when the settings are built, not at import.
+    actor: str = Field(default_factory=lambda: os.environ.get("USER", "unknown"))

@@ -34,6 +34,8 @@ from lx_delivery.settings import DeliverySettings
 log = get_logger(__name__)
 R = ev.DeliveryResult
 DELIVERY_ID_HEADER = "X-LeadExchange-Delivery-Id"
+# A try's lease: longer than any buyer timeout (60 s at most) plus recording its result.
+LEASE_S = 90.0
 
 
 class DeliveryWorker:
@@ -107,16 +109,12 @@ class DeliveryWorker:
             await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
             return 1
         async with self.db.begin() as conn:
-            jobs = await store.claim_due(conn, free, lease_s=self._lease_s())
+            jobs = await store.claim_due(conn, free, lease_s=LEASE_S)
         for job in jobs:
             task = asyncio.create_task(self._deliver(job))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return len(jobs)
-
-    def _lease_s(self) -> float:
-        # Longer than any buyer timeout (60 s max) plus time to record the result.
-        return 90.0
 
     async def _deliver(self, job: store.Job) -> None:
         try:
