@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 from lx_devstack.infra import Infra, start_infra
 
+from tests.support.cleanup import drop_test_state
 from tests.support.docker import docker_infra
 
 
@@ -28,6 +29,9 @@ def infra() -> Iterator[Infra]:
 
 
 @pytest.fixture(scope="module")
-def isolation() -> str:
-    """A short tag for this module's databases and topic prefix."""
-    return f"t{uuid.uuid4().hex[:8]}"
+def isolation(infra: Infra) -> Iterator[str]:
+    """A short tag for this module's databases, topic prefix and consumer groups; what
+    the module created under it is removed when it ends."""
+    tag = f"t{uuid.uuid4().hex[:8]}"
+    yield tag
+    drop_test_state(infra, tag)

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 from lx_devstack.infra import Infra
-from lx_devstack.postgres import libpq_dsn
 from lx_devstack.stack import SERVICES, Stack, StackLayout
 
 
@@ -64,31 +60,6 @@ def test_layout(tag: str, **overrides: object) -> StackLayout:
     return layout
 
 
-def drop_test_state(infra: Infra, tag: str) -> None:
-    """Databases and topics of one test module: a test run leaves nothing behind."""
-    with psycopg.connect(libpq_dsn(infra.pg_admin_dsn), autocommit=True) as conn:
-        names = [
-            r[0]
-            for r in conn.execute(
-                "select datname from pg_database where datname like %s", (f"{tag}%",)
-            )
-        ]
-    for name in names:
-        infra.drop_database(name)
-
-    async def drop_topics() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap)
-        await admin.start()
-        try:
-            topics = [t for t in await admin.list_topics() if t.startswith(f"{tag}.")]
-            if topics:
-                await admin.delete_topics(topics)
-        finally:
-            await admin.close()
-
-    asyncio.run(drop_topics())
-
-
 @pytest.fixture(scope="module")
 def stack(infra: Infra, isolation: str) -> Iterator[Stack]:
     running = Stack(infra, test_layout(isolation))
@@ -96,5 +67,4 @@ def stack(infra: Infra, isolation: str) -> Iterator[Stack]:
         running.start_all()
         yield running
     finally:
-        running.stop_all()
-        drop_test_state(infra, isolation)
+        running.stop_all()  # the isolation fixture then drops its databases and topics

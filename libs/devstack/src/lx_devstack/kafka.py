@@ -193,7 +193,7 @@ class KafkaNode:
         data_dir: Path,
         port: int = 19092,
         controller_port: int = 19093,
-        heap: str = "512m",
+        heap: str = "1g",
         *,
         libs_dir: Path | None = None,
         log_file: Path | None = None,
