@@ -60,7 +60,7 @@ def test_analytics_buckets_by_event_hour_and_counts_only_final_results() -> None
         ev.LeadSold.new(
             **_env(AT + dt.timedelta(seconds=2)),
             payload=ev.LeadSoldPayload(
-                **REF, buyer_id=BUY, delivery_id=LEAD, price=Decimal("35.00")
+                **REF, buyer_id=BUY, delivery_id=LEAD, price=Decimal("35.00"), payout=None
             ),
         ),
     ]

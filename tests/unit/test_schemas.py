@@ -2,6 +2,7 @@
 to the same thing and encode back byte for byte (as JSON)."""
 
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from lx_schemas.envelope import (
     latest_version,
     register_upcaster,
 )
+from lx_schemas.integration import Extract, Outcome
+from lx_schemas.rules import Distribution, SourceControls
 
 SAMPLES = Path(__file__).parent.parent / "samples"
 
@@ -42,21 +45,63 @@ def test_a_frozen_sample_decodes_and_encodes_back_unchanged(sample: Path) -> Non
         assert json.loads(event.to_json()) == raw
 
 
-def test_a_v1_campaign_is_read_as_v2_without_a_duplicate_check() -> None:
+def test_a_v1_campaign_is_read_as_v3_without_a_duplicate_check_as_an_exclusive_waterfall() -> None:
     raw = json.loads((SAMPLES / "CampaignConfigured.v1.json").read_text())
     event = decode_event(raw)
-    assert isinstance(event, ev.CampaignConfigured) and event.schema_version == 2
+    assert isinstance(event, ev.CampaignConfigured) and event.schema_version == 3
     assert event.payload.dedupe is None
+    assert event.payload.distribution == Distribution()
+    assert event.payload.distribution.max_sales == 1
+    assert event.payload.ping_post.enabled is False
     upcast = json.loads(event.to_json())
-    assert upcast["payload"] == {**raw["payload"], "dedupe": None}
+    for added in ("dedupe", "distribution", "margin", "ping_post"):
+        upcast["payload"].pop(added)
+    assert upcast["payload"] == raw["payload"]
     assert {k: v for k, v in upcast.items() if k not in ("payload", "schema_version")} == {
         k: v for k, v in raw.items() if k not in ("payload", "schema_version")
     }
 
 
-def test_producers_publish_the_newest_campaign_version() -> None:
-    assert ev.CampaignConfigured.VERSION == latest_version("CampaignConfigured") == 2
-    assert ev.CampaignConfiguredV1.VERSION == 1
+def test_a_v1_source_payout_becomes_a_fixed_payout_without_controls() -> None:
+    raw = json.loads((SAMPLES / "SourceConfigured.v1.json").read_text())
+    event = decode_event(raw)
+    assert isinstance(event, ev.SourceConfigured)
+    assert event.payload.payout.fixed == Decimal(raw["payload"]["payout"])
+    assert event.payload.payout.percent is None
+    assert event.payload.controls == SourceControls()
+
+
+def test_a_v1_buyer_acceptance_rule_becomes_an_equivalent_response_rule() -> None:
+    raw = json.loads((SAMPLES / "BuyerConfigured.v1.json").read_text())
+    acceptance = {"field": "re'sult", "accepted": ["OK", "yes"], "reason_field": "why"}
+    raw["payload"]["acceptance"] = acceptance
+    event = decode_event(raw)
+    assert isinstance(event, ev.BuyerConfigured)
+    (rule,) = event.payload.integration.rules
+    assert rule.probe.kind is Extract.JSON_PATH and rule.probe.path == '$["re\'sult"]'
+    assert rule.equals == ("OK", "yes") and rule.outcome is Outcome.ACCEPTED
+    reason = event.payload.integration.captures.reason
+    assert reason is not None and reason.path == '$["why"]'
+    assert event.payload.filters == () and event.payload.caps == ()
+
+
+@pytest.mark.parametrize(
+    ("type_", "version"),
+    [
+        ("CampaignConfigured", 3),
+        ("SourceConfigured", 2),
+        ("BuyerConfigured", 2),
+        ("LeadReceived", 2),
+        ("LeadRouted", 2),
+        ("LeadRoutingExhausted", 2),
+        ("DeliveryAttempted", 2),
+        ("LeadSold", 2),
+        ("LeadUnsold", 2),
+    ],
+)
+def test_producers_publish_the_newest_version(type_: str, version: int) -> None:
+    assert latest_version(type_) == version
+    assert version == getattr(ev, type_).VERSION
 
 
 def test_every_event_belongs_to_exactly_one_topic() -> None:

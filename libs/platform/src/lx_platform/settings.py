@@ -67,6 +67,11 @@ class PlatformSettings(BaseSettings):
     ingest_url: str = "http://127.0.0.1:8001"
     delivery_url: str = "http://127.0.0.1:8003"
     internal_timeout_s: float = 2.0
+    # Keys sealing buyer integration secrets in config events (lx_platform.secrets):
+    # "id:base64key" comma-separated, the first seals. Admin, router and delivery need them.
+    config_keys: SecretStr = SecretStr(
+        "devcfg1:bHgtZGV2ZWxvcG1lbnQtY29uZmlnLWtleS0zMmJ5dGU="  # development only
+    )
     # Networks buyer endpoints may reach although they are not globally routable
     # (lx_platform.egress): comma-separated CIDRs, e.g. "127.0.0.1/32". Empty by default;
     # `make run`, the end-to-end stack and the tests open their loopback fake buyer here.
@@ -87,6 +92,10 @@ class PlatformSettings(BaseSettings):
             for name in ("internal_token", "operator_token"):
                 if getattr(self, name).get_secret_value() in _PLACEHOLDERS | {"dev-operator-token"}:
                     raise ValueError(f"LX_PLATFORM_{name.upper()} must be set to a real secret")
+            if "bHgtZGV2ZWxvcG1lbnQtY29uZmlnLWtleS0zMmJ5dGU=" in (
+                self.config_keys.get_secret_value()
+            ):
+                raise ValueError("LX_PLATFORM_CONFIG_KEYS must not use the development key")
             # A private network may hold a buyer reached over a private interconnect, so
             # production may open one (and each start logs it); these never hold one.
             for net in self.egress_allow_cidrs:

@@ -8,6 +8,8 @@ under a ``V<n>`` suffix, unchanged, with an upcaster to the next version.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import uuid
 from decimal import Decimal
 from enum import StrEnum
@@ -16,6 +18,18 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import AnyHttpUrl, ConfigDict, Field, field_validator
 
 from lx_schemas.envelope import Event, Frozen, JsonDict, register_upcaster
+from lx_schemas.integration import CircuitBreaker, Integration, PingConfig, SealedSecret
+from lx_schemas.rules import (
+    Cap,
+    Distribution,
+    Filter,
+    Margin,
+    Payout,
+    PingPost,
+    Schedule,
+    SourceControls,
+    valid_timezone,
+)
 
 Usd = Annotated[Decimal, Field(max_digits=14, decimal_places=2, ge=0)]
 FieldValue = str | int | float | bool | None
@@ -40,6 +54,10 @@ class FieldType(StrEnum):
     ENUM = "enum"
     US_STATE = "us_state"
     ZIP = "zip"
+    IP = "ip"
+    URL = "url"
+    # A TrustedForm / Jornaya style consent certificate: a token or a certificate URL.
+    CONSENT = "consent"
 
 
 class FieldSpec(Frozen):
@@ -102,8 +120,9 @@ class DedupeRule(Frozen):
         return fields
 
 
-class CampaignState(Frozen):
-    """A campaign's full state (``CampaignConfigured`` v2): v1 plus its duplicate check."""
+class CampaignStateV2(Frozen):
+    # A campaign as CampaignConfigured v2 published it: frozen, never edit.
+    model_config = ConfigDict(title="CampaignState")
 
     campaign_id: uuid.UUID
     account_id: uuid.UUID
@@ -114,7 +133,26 @@ class CampaignState(Frozen):
     dedupe: DedupeRule | None = None
 
 
-class SourceState(Frozen):
+class CampaignState(Frozen):
+    """A campaign's full state (``CampaignConfigured`` v3): its fields, duplicate check,
+    how leads are distributed among its buyers, the platform's margin and auctions."""
+
+    campaign_id: uuid.UUID
+    account_id: uuid.UUID
+    name: str
+    vertical: str
+    status: Status = Status.ACTIVE
+    fields: tuple[FieldSpec, ...]
+    dedupe: DedupeRule | None = None
+    distribution: Distribution = Distribution()
+    margin: Margin = Margin()
+    ping_post: PingPost = PingPost()
+
+
+class SourceStateV1(Frozen):
+    # A source as SourceConfigured v1 published it: frozen, never edit.
+    model_config = ConfigDict(title="SourceState")
+
     source_id: uuid.UUID
     account_id: uuid.UUID
     campaign_id: uuid.UUID
@@ -126,6 +164,22 @@ class SourceState(Frozen):
     payout: Usd
 
 
+class SourceState(Frozen):
+    """A source's full state (``SourceConfigured`` v2): v1 with a payout that may be a
+    share of the price, and its controls (caps, rate limits, IP allow-list)."""
+
+    source_id: uuid.UUID
+    account_id: uuid.UUID
+    campaign_id: uuid.UUID
+    name: str
+    status: Status = Status.ACTIVE
+    api_key_prefix: str
+    # SHA-256 of the whole key; the key itself is shown once and never stored.
+    api_key_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    payout: Payout
+    controls: SourceControls = SourceControls()
+
+
 class AcceptanceRule(Frozen):
     """How a buyer's answer is read: a 2xx whose JSON ``field`` is one of ``accepted``."""
 
@@ -134,7 +188,10 @@ class AcceptanceRule(Frozen):
     reason_field: str = "reason"
 
 
-class BuyerState(Frozen):
+class BuyerStateV1(Frozen):
+    # A buyer as BuyerConfigured v1 published it: frozen, never edit.
+    model_config = ConfigDict(title="BuyerState")
+
     buyer_id: uuid.UUID
     account_id: uuid.UUID
     campaign_id: uuid.UUID
@@ -145,6 +202,49 @@ class BuyerState(Frozen):
     priority: Annotated[int, Field(ge=0)]
     timeout_ms: Annotated[int, Field(ge=50, le=60_000)] = 5_000
     acceptance: AcceptanceRule = AcceptanceRule()
+
+
+MAX_BUYER_DEDUPE_DAYS = 365
+
+
+class BuyerState(Frozen):
+    """A buyer's full state (``BuyerConfigured`` v2).
+
+    Eligibility: ``status``, ``filters`` (all must hold), ``schedule`` and ``caps`` in
+    the buyer's ``timezone``, ``dedupe_days`` (never the same consumer twice within it).
+    Order: ``priority`` and ``weight`` per the campaign's distribution. Price: ``price``,
+    a schedule window's price, or the buyer's answer (``price_from_response``, where
+    ``price`` is then the least it is expected to pay). Delivery: ``integration``,
+    ``timeout_ms``, the ``breaker``, requests signed with ``signing_secret``.
+    """
+
+    buyer_id: uuid.UUID
+    account_id: uuid.UUID
+    campaign_id: uuid.UUID
+    name: str
+    status: Status = Status.ACTIVE
+    endpoint_url: AnyHttpUrl
+    price: Usd
+    price_from_response: bool = False
+    priority: Annotated[int, Field(ge=0)]
+    weight: Annotated[int, Field(ge=1, le=10_000)] = 100
+    timeout_ms: Annotated[int, Field(ge=50, le=60_000)] = 5_000
+    timezone: Annotated[str, Field(max_length=64)] = "UTC"
+    filters: Annotated[tuple[Filter, ...], Field(max_length=100)] = ()
+    schedule: Schedule | None = None
+    caps: Annotated[tuple[Cap, ...], Field(max_length=10)] = ()
+    dedupe_days: Annotated[int, Field(ge=1, le=MAX_BUYER_DEDUPE_DAYS)] | None = None
+    return_window_days: Annotated[int, Field(ge=0, le=365)] = 0
+    integration: Integration = Integration()
+    ping: PingConfig | None = None
+    breaker: CircuitBreaker = CircuitBreaker()
+    # HMAC-SHA256 key of the X-LeadExchange-Signature header (Standard Webhooks style).
+    signing_secret: SealedSecret | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        return valid_timezone(name)
 
 
 class AccountConfigured(Event):
@@ -166,11 +266,22 @@ class CampaignConfiguredV1(Event):
     payload: CampaignStateV1
 
 
-class CampaignConfigured(Event):
+class CampaignConfiguredV2(Event):
+    # Superseded by v3; its records are upcast on read (decode_event).
+    model_config = ConfigDict(title="CampaignConfigured")
+
     TYPE: ClassVar[str] = "CampaignConfigured"
     VERSION: ClassVar[int] = 2
     type: Literal["CampaignConfigured"]
     schema_version: Literal[2]
+    payload: CampaignStateV2
+
+
+class CampaignConfigured(Event):
+    TYPE: ClassVar[str] = "CampaignConfigured"
+    VERSION: ClassVar[int] = 3
+    type: Literal["CampaignConfigured"]
+    schema_version: Literal[3]
     payload: CampaignState
 
 
@@ -180,20 +291,88 @@ def _campaign_configured_v1_to_v2(data: JsonDict) -> JsonDict:
     return {**data, "schema_version": 2, "payload": {**data["payload"], "dedupe": None}}
 
 
-class SourceConfigured(Event):
+@register_upcaster("CampaignConfigured", 2)
+def _campaign_configured_v2_to_v3(data: JsonDict) -> JsonDict:
+    # v2 campaigns were exclusive waterfalls, without margin or auctions.
+    payload = {
+        **data["payload"],
+        "distribution": Distribution().model_dump(mode="json"),
+        "margin": Margin().model_dump(mode="json"),
+        "ping_post": PingPost().model_dump(mode="json"),
+    }
+    return {**data, "schema_version": 3, "payload": payload}
+
+
+class SourceConfiguredV1(Event):
+    # Superseded by v2; its records are upcast on read (decode_event).
+    model_config = ConfigDict(title="SourceConfigured")
+
     TYPE: ClassVar[str] = "SourceConfigured"
     VERSION: ClassVar[int] = 1
     type: Literal["SourceConfigured"]
     schema_version: Literal[1]
+    payload: SourceStateV1
+
+
+class SourceConfigured(Event):
+    TYPE: ClassVar[str] = "SourceConfigured"
+    VERSION: ClassVar[int] = 2
+    type: Literal["SourceConfigured"]
+    schema_version: Literal[2]
     payload: SourceState
 
 
-class BuyerConfigured(Event):
+@register_upcaster("SourceConfigured", 1)
+def _source_configured_v1_to_v2(data: JsonDict) -> JsonDict:
+    # v1 payouts were a fixed amount; v1 sources had no controls.
+    payload = {
+        **data["payload"],
+        "payout": {"fixed": data["payload"]["payout"], "percent": None},
+        "controls": SourceControls().model_dump(mode="json"),
+    }
+    return {**data, "schema_version": 2, "payload": payload}
+
+
+class BuyerConfiguredV1(Event):
+    # Superseded by v2; its records are upcast on read (decode_event).
+    model_config = ConfigDict(title="BuyerConfigured")
+
     TYPE: ClassVar[str] = "BuyerConfigured"
     VERSION: ClassVar[int] = 1
     type: Literal["BuyerConfigured"]
     schema_version: Literal[1]
+    payload: BuyerStateV1
+
+
+class BuyerConfigured(Event):
+    TYPE: ClassVar[str] = "BuyerConfigured"
+    VERSION: ClassVar[int] = 2
+    type: Literal["BuyerConfigured"]
+    schema_version: Literal[2]
     payload: BuyerState
+
+
+@register_upcaster("BuyerConfigured", 1)
+def _buyer_configured_v1_to_v2(data: JsonDict) -> JsonDict:
+    # v1's acceptance rule becomes the same response rule of an integration: a 2xx whose
+    # JSON field is one of the accepted words is accepted, its reason read from a field.
+    payload = dict(data["payload"])
+    rule = payload.pop("acceptance", None) or AcceptanceRule().model_dump(mode="json")
+    field = json.dumps(rule["field"])
+    reason = json.dumps(rule["reason_field"])
+    integration = {
+        "rules": [
+            {
+                "probe": {"kind": "json_path", "path": f"$[{field}]"},
+                "equals": list(rule["accepted"]),
+                "outcome": "accepted",
+            }
+        ],
+        "captures": {"reason": {"kind": "json_path", "path": f"$[{reason}]"}},
+    }
+    payload["integration"] = Integration.model_validate(integration).model_dump(mode="json")
+    upcast = BuyerState.model_validate(payload).model_dump(mode="json")
+    return {**data, "schema_version": 2, "payload": upcast}
 
 
 # --- lead.received --------------------------------------------------------------------------
@@ -218,19 +397,183 @@ class LeadContent(Frozen):
     pii: SealedFields | None = None
 
 
-class LeadReceivedPayload(Frozen):
+class Bid(Frozen):
+    buyer_id: uuid.UUID
+    price: Usd
+    bid_ref: Annotated[str, Field(max_length=256)] | None = None
+
+
+class LeadReceivedPayloadV1(Frozen):
+    model_config = ConfigDict(title="LeadReceivedPayload")
+
     lead_id: uuid.UUID
     campaign_id: uuid.UUID
     source_id: uuid.UUID
     lead: LeadContent
 
 
-class LeadReceived(Event):
+class LeadReceivedV1(Event):
+    # Superseded by v2; its records are upcast on read (decode_event).
+    model_config = ConfigDict(title="LeadReceived")
+
     TYPE: ClassVar[str] = "LeadReceived"
     VERSION: ClassVar[int] = 1
     type: Literal["LeadReceived"]
     schema_version: Literal[1]
+    payload: LeadReceivedPayloadV1
+
+
+class LeadReceivedPayload(Frozen):
+    lead_id: uuid.UUID
+    campaign_id: uuid.UUID
+    source_id: uuid.UUID
+    lead: LeadContent
+    # The post of an auction: the lead is offered to that auction's bids, best first,
+    # and falls to the next bid only while it still pays the source what was promised.
+    ping_id: uuid.UUID | None = None
+    bids: Annotated[tuple[Bid, ...], Field(max_length=200)] = ()
+    promised_payout: Usd | None = None
+
+
+class LeadReceived(Event):
+    TYPE: ClassVar[str] = "LeadReceived"
+    VERSION: ClassVar[int] = 2
+    type: Literal["LeadReceived"]
+    schema_version: Literal[2]
     payload: LeadReceivedPayload
+
+
+@register_upcaster("LeadReceived", 1)
+def _lead_received_v1_to_v2(data: JsonDict) -> JsonDict:
+    payload = {**data["payload"], "ping_id": None, "bids": [], "promised_payout": None}
+    return {**data, "schema_version": 2, "payload": payload}
+
+
+class RejectionCode(StrEnum):
+    """Why a lead was refused, or why a buyer did not get it: one vocabulary for the
+    source's answer, the lead trace and the reports."""
+
+    # at ingest, answered to the source
+    VALIDATION = "validation"
+    DUPLICATE = "duplicate"
+    SOURCE_PAUSED = "source_paused"
+    SOURCE_CAP = "source_cap"
+    RATE_LIMITED = "rate_limited"
+    IP_NOT_ALLOWED = "ip_not_allowed"
+    PING_EXPIRED = "ping_expired"
+    ACCOUNT_OVER_PLAN = "account_over_plan"
+    # per buyer, at routing
+    BUYER_PAUSED = "buyer_paused"
+    FILTER = "filter"
+    SCHEDULE_CLOSED = "schedule_closed"
+    BUYER_CAP = "buyer_cap"
+    BUYER_BUDGET = "buyer_budget"
+    BUYER_DUPLICATE = "buyer_duplicate"
+    PRICE_BELOW_PAYOUT = "price_below_payout"
+    CIRCUIT_OPEN = "circuit_open"
+    NO_FUNDS = "no_funds"
+    ALREADY_SOLD_TO_BUYER = "already_sold_to_buyer"
+    # per buyer, at delivery
+    BUYER_REJECTED = "buyer_rejected"
+    BUYER_ERROR = "buyer_error"
+    OUTCOME_UNKNOWN_UNRESOLVED = "outcome_unknown_unresolved"
+    PRICE_BELOW_FLOOR = "price_below_floor"
+
+
+class Rejection(Frozen):
+    """One reason in words and a code: who (a buyer, or none for the lead as a whole)."""
+
+    code: RejectionCode
+    detail: Annotated[str, Field(max_length=1000)]
+    buyer_id: uuid.UUID | None = None
+    field: str | None = None
+
+
+class LeadRejectedPayload(Frozen):
+    """A post ingest refused after knowing its source: no PII, only why."""
+
+    lead_id: uuid.UUID
+    campaign_id: uuid.UUID
+    source_id: uuid.UUID
+    http_status: int
+    rejections: Annotated[tuple[Rejection, ...], Field(min_length=1, max_length=200)]
+    ping_id: uuid.UUID | None = None
+
+
+class LeadRejected(Event):
+    TYPE: ClassVar[str] = "LeadRejected"
+    VERSION: ClassVar[int] = 1
+    type: Literal["LeadRejected"]
+    schema_version: Literal[1]
+    payload: LeadRejectedPayload
+
+
+# --- lead.pinged ----------------------------------------------------------------------------
+
+
+class PingReceivedPayload(Frozen):
+    ping_id: uuid.UUID
+    campaign_id: uuid.UUID
+    source_id: uuid.UUID
+    fields: dict[str, FieldValue]  # the campaign's non-PII fields only
+
+
+class PingReceived(Event):
+    TYPE: ClassVar[str] = "PingReceived"
+    VERSION: ClassVar[int] = 1
+    type: Literal["PingReceived"]
+    schema_version: Literal[1]
+    payload: PingReceivedPayload
+
+
+class PingResult(StrEnum):
+    BID = "bid"
+    NO_BID = "no_bid"  # answered, declined or bid nothing usable
+    TIMEOUT = "timeout"  # no whole answer in the buyer's time: its bid, if any, is ignored
+    ERROR = "error"
+
+
+class BuyerPingedPayload(Frozen):
+    ping_id: uuid.UUID
+    campaign_id: uuid.UUID
+    source_id: uuid.UUID
+    buyer_id: uuid.UUID
+    result: PingResult
+    price: Usd | None = None
+    bid_ref: Annotated[str, Field(max_length=256)] | None = None
+    http_status: int | None = None
+    latency_ms: Annotated[float, Field(ge=0)]
+    reason: Annotated[str, Field(max_length=1000)] | None = None
+
+
+class BuyerPinged(Event):
+    TYPE: ClassVar[str] = "BuyerPinged"
+    VERSION: ClassVar[int] = 1
+    type: Literal["BuyerPinged"]
+    schema_version: Literal[1]
+    payload: BuyerPingedPayload
+
+
+class AuctionClosedPayload(Frozen):
+    """The auction's result: bids best first, and what the source was promised."""
+
+    ping_id: uuid.UUID
+    campaign_id: uuid.UUID
+    source_id: uuid.UUID
+    bids: tuple[Bid, ...]
+    # What the source earns if the post is sold (None: no bid, nothing promised).
+    payout: Usd | None
+    expires_at: dt.datetime
+    duration_ms: Annotated[float, Field(ge=0)]
+    rejections: tuple[Rejection, ...] = ()  # buyers not pinged, and why
+
+
+class AuctionClosed(Event):
+    TYPE: ClassVar[str] = "AuctionClosed"
+    VERSION: ClassVar[int] = 1
+    type: Literal["AuctionClosed"]
+    schema_version: Literal[1]
+    payload: AuctionClosedPayload
 
 
 # --- lead.routed ----------------------------------------------------------------------------
@@ -242,7 +585,9 @@ class LeadRef(Frozen):
     source_id: uuid.UUID
 
 
-class LeadRoutedPayload(LeadRef):
+class LeadRoutedPayloadV1(LeadRef):
+    model_config = ConfigDict(title="LeadRoutedPayload")
+
     buyer_id: uuid.UUID
     attempt: Annotated[int, Field(ge=1)]
     # Stable across retries of this offer: buyers dedupe on it.
@@ -251,12 +596,54 @@ class LeadRoutedPayload(LeadRef):
     lead: LeadContent
 
 
-class LeadRouted(Event):
+class LeadRoutedV1(Event):
+    # Superseded by v2; its records are upcast on read (decode_event).
+    model_config = ConfigDict(title="LeadRouted")
+
     TYPE: ClassVar[str] = "LeadRouted"
     VERSION: ClassVar[int] = 1
     type: Literal["LeadRouted"]
     schema_version: Literal[1]
+    payload: LeadRoutedPayloadV1
+
+
+class LeadRoutedPayload(LeadRef):
+    buyer_id: uuid.UUID
+    attempt: Annotated[int, Field(ge=1)]
+    # Stable across retries of this offer: buyers dedupe on it.
+    delivery_id: uuid.UUID
+    # The price if fixed; with ``price_from_response`` the least the answer may name.
+    price: Usd
+    price_from_response: bool = False
+    # What the source earns if this offer is sold (taken on the price actually paid).
+    payout: Payout
+    # Which sale of the lead this offer is for (multi-sell campaigns: up to max_sales).
+    sale: Annotated[int, Field(ge=1)] = 1
+    ping_id: uuid.UUID | None = None
+    bid_ref: Annotated[str, Field(max_length=256)] | None = None
+    lead: LeadContent
+
+
+class LeadRouted(Event):
+    TYPE: ClassVar[str] = "LeadRouted"
+    VERSION: ClassVar[int] = 2
+    type: Literal["LeadRouted"]
+    schema_version: Literal[2]
     payload: LeadRoutedPayload
+
+
+@register_upcaster("LeadRouted", 1)
+def _lead_routed_v1_to_v2(data: JsonDict) -> JsonDict:
+    # v1 offers were fixed-price first sales; their payout was not recorded (zero).
+    payload = {
+        **data["payload"],
+        "price_from_response": False,
+        "payout": {"fixed": "0.00", "percent": None},
+        "sale": 1,
+        "ping_id": None,
+        "bid_ref": None,
+    }
+    return {**data, "schema_version": 2, "payload": payload}
 
 
 class ExhaustionReason(StrEnum):
@@ -264,17 +651,46 @@ class ExhaustionReason(StrEnum):
     ALL_BUYERS_DECLINED = "all_buyers_declined"
 
 
-class LeadRoutingExhaustedPayload(LeadRef):
+class LeadRoutingExhaustedPayloadV1(LeadRef):
+    model_config = ConfigDict(title="LeadRoutingExhaustedPayload")
+
     reason: ExhaustionReason
     attempts: Annotated[int, Field(ge=0)]
 
 
-class LeadRoutingExhausted(Event):
+class LeadRoutingExhaustedV1(Event):
+    # Superseded by v2; its records are upcast on read (decode_event).
+    model_config = ConfigDict(title="LeadRoutingExhausted")
+
     TYPE: ClassVar[str] = "LeadRoutingExhausted"
     VERSION: ClassVar[int] = 1
     type: Literal["LeadRoutingExhausted"]
     schema_version: Literal[1]
+    payload: LeadRoutingExhaustedPayloadV1
+
+
+class LeadRoutingExhaustedPayload(LeadRef):
+    """No buyer (or no further buyer) takes the lead; ``rejections`` say why, buyer by
+    buyer. With ``sales`` above zero the lead was sold before (multi-sell)."""
+
+    reason: ExhaustionReason
+    attempts: Annotated[int, Field(ge=0)]
+    sales: Annotated[int, Field(ge=0)] = 0
+    rejections: Annotated[tuple[Rejection, ...], Field(max_length=1000)] = ()
+
+
+class LeadRoutingExhausted(Event):
+    TYPE: ClassVar[str] = "LeadRoutingExhausted"
+    VERSION: ClassVar[int] = 2
+    type: Literal["LeadRoutingExhausted"]
+    schema_version: Literal[2]
     payload: LeadRoutingExhaustedPayload
+
+
+@register_upcaster("LeadRoutingExhausted", 1)
+def _lead_routing_exhausted_v1_to_v2(data: JsonDict) -> JsonDict:
+    payload = {**data["payload"], "sales": 0, "rejections": []}
+    return {**data, "schema_version": 2, "payload": payload}
 
 
 # --- delivery.outcome -----------------------------------------------------------------------
@@ -288,7 +704,9 @@ class DeliveryResult(StrEnum):
     OUTCOME_UNKNOWN = "outcome_unknown"
 
 
-class DeliveryAttemptedPayload(LeadRef):
+class DeliveryAttemptedPayloadV1(LeadRef):
+    model_config = ConfigDict(title="DeliveryAttemptedPayload")
+
     buyer_id: uuid.UUID
     delivery_id: uuid.UUID
     attempt: Annotated[int, Field(ge=1)]
@@ -302,38 +720,172 @@ class DeliveryAttemptedPayload(LeadRef):
     price: Usd | None = None
 
 
-class DeliveryAttempted(Event):
+class DeliveryAttemptedV1(Event):
+    # Superseded by v2; its records are upcast on read (decode_event).
+    model_config = ConfigDict(title="DeliveryAttempted")
+
     TYPE: ClassVar[str] = "DeliveryAttempted"
     VERSION: ClassVar[int] = 1
     type: Literal["DeliveryAttempted"]
     schema_version: Literal[1]
+    payload: DeliveryAttemptedPayloadV1
+
+
+class DeliveryAttemptedPayload(LeadRef):
+    buyer_id: uuid.UUID
+    delivery_id: uuid.UUID
+    attempt: Annotated[int, Field(ge=1)]
+    try_number: Annotated[int, Field(ge=1)] = 1
+    # False while the delivery service will try this offer again (same delivery id).
+    final: bool = True
+    result: DeliveryResult
+    http_status: int | None = None
+    latency_ms: Annotated[float, Field(ge=0)]
+    reason: str | None = None
+    # Why, as a code (buyer_rejected, buyer_error, price_below_floor...); None if accepted.
+    reason_code: RejectionCode | None = None
+    price: Usd | None = None
+    buyer_lead_id: Annotated[str, Field(max_length=256)] | None = None
+
+
+class DeliveryAttempted(Event):
+    TYPE: ClassVar[str] = "DeliveryAttempted"
+    VERSION: ClassVar[int] = 2
+    type: Literal["DeliveryAttempted"]
+    schema_version: Literal[2]
     payload: DeliveryAttemptedPayload
 
 
-class LeadSoldPayload(LeadRef):
+def _v1_reason_code(payload: JsonDict) -> str | None:
+    result, reason = payload.get("result"), payload.get("reason") or ""
+    if result == DeliveryResult.ACCEPTED:
+        return None
+    if result == DeliveryResult.REJECTED:
+        return RejectionCode.BUYER_REJECTED.value
+    if reason.startswith("outcome_unknown_unresolved"):
+        return RejectionCode.OUTCOME_UNKNOWN_UNRESOLVED.value
+    return RejectionCode.BUYER_ERROR.value
+
+
+@register_upcaster("DeliveryAttempted", 1)
+def _delivery_attempted_v1_to_v2(data: JsonDict) -> JsonDict:
+    payload = {
+        **data["payload"],
+        "reason_code": _v1_reason_code(data["payload"]),
+        "buyer_lead_id": None,
+    }
+    return {**data, "schema_version": 2, "payload": payload}
+
+
+class LeadSoldPayloadV1(LeadRef):
+    model_config = ConfigDict(title="LeadSoldPayload")
+
     buyer_id: uuid.UUID
     delivery_id: uuid.UUID
     price: Usd
 
 
-class LeadSold(Event):
+class LeadSoldV1(Event):
+    # Superseded by v2; its records are upcast on read (decode_event).
+    model_config = ConfigDict(title="LeadSold")
+
     TYPE: ClassVar[str] = "LeadSold"
     VERSION: ClassVar[int] = 1
     type: Literal["LeadSold"]
     schema_version: Literal[1]
+    payload: LeadSoldPayloadV1
+
+
+class LeadSoldPayload(LeadRef):
+    """One sale of the lead: the price the buyer pays and what the source earns."""
+
+    buyer_id: uuid.UUID
+    delivery_id: uuid.UUID
+    price: Usd
+    # None on sales recorded before payouts were (v1).
+    payout: Usd | None
+    sale: Annotated[int, Field(ge=1)] = 1
+    buyer_lead_id: Annotated[str, Field(max_length=256)] | None = None
+
+
+class LeadSold(Event):
+    TYPE: ClassVar[str] = "LeadSold"
+    VERSION: ClassVar[int] = 2
+    type: Literal["LeadSold"]
+    schema_version: Literal[2]
     payload: LeadSoldPayload
 
 
-class LeadUnsoldPayload(LeadRef):
+@register_upcaster("LeadSold", 1)
+def _lead_sold_v1_to_v2(data: JsonDict) -> JsonDict:
+    payload = {**data["payload"], "payout": None, "sale": 1, "buyer_lead_id": None}
+    return {**data, "schema_version": 2, "payload": payload}
+
+
+class LeadUnsoldPayloadV1(LeadRef):
+    model_config = ConfigDict(title="LeadUnsoldPayload")
+
     reason: ExhaustionReason
 
 
-class LeadUnsold(Event):
+class LeadUnsoldV1(Event):
+    # Superseded by v2; its records are upcast on read (decode_event).
+    model_config = ConfigDict(title="LeadUnsold")
+
     TYPE: ClassVar[str] = "LeadUnsold"
     VERSION: ClassVar[int] = 1
     type: Literal["LeadUnsold"]
     schema_version: Literal[1]
+    payload: LeadUnsoldPayloadV1
+
+
+class LeadUnsoldPayload(LeadRef):
+    reason: ExhaustionReason
+    rejections: Annotated[tuple[Rejection, ...], Field(max_length=1000)] = ()
+
+
+class LeadUnsold(Event):
+    TYPE: ClassVar[str] = "LeadUnsold"
+    VERSION: ClassVar[int] = 2
+    type: Literal["LeadUnsold"]
+    schema_version: Literal[2]
     payload: LeadUnsoldPayload
+
+
+@register_upcaster("LeadUnsold", 1)
+def _lead_unsold_v1_to_v2(data: JsonDict) -> JsonDict:
+    return {**data, "schema_version": 2, "payload": {**data["payload"], "rejections": []}}
+
+
+class ReturnReason(StrEnum):
+    INVALID_CONTACT = "invalid_contact"
+    DUPLICATE = "duplicate"
+    NOT_INTERESTED = "not_interested"
+    WRONG_AREA = "wrong_area"
+    FRAUD = "fraud"
+    OTHER = "other"
+
+
+class LeadReturnedPayload(LeadRef):
+    """A sale sent back: the buyer is credited ``price``, the source's ``payout`` is
+    clawed back (``None`` where the sale recorded no payout)."""
+
+    buyer_id: uuid.UUID
+    delivery_id: uuid.UUID
+    return_id: uuid.UUID
+    price: Usd
+    payout: Usd | None
+    reason_code: ReturnReason
+    reason: Annotated[str, Field(max_length=1000)] | None = None
+    returned_by: Annotated[str, Field(max_length=200)]  # "buyer:<id>" or "operator:<name>"
+
+
+class LeadReturned(Event):
+    TYPE: ClassVar[str] = "LeadReturned"
+    VERSION: ClassVar[int] = 1
+    type: Literal["LeadReturned"]
+    schema_version: Literal[1]
+    payload: LeadReturnedPayload
 
 
 # --- usage.incremented ----------------------------------------------------------------------
@@ -362,6 +914,14 @@ class UsageIncremented(Event):
 
 ConfigEvent = AccountConfigured | CampaignConfigured | SourceConfigured | BuyerConfigured
 LeadEvent = (
-    LeadReceived | LeadRouted | LeadRoutingExhausted | DeliveryAttempted | LeadSold | LeadUnsold
+    LeadReceived
+    | LeadRejected
+    | LeadRouted
+    | LeadRoutingExhausted
+    | DeliveryAttempted
+    | LeadSold
+    | LeadUnsold
+    | LeadReturned
 )
+PingEvent = PingReceived | BuyerPinged | AuctionClosed
 FINAL_OUTCOMES = (LeadSold, LeadUnsold)

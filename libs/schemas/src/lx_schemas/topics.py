@@ -39,8 +39,11 @@ CONFIG_CHANGED = TopicSpec(
     events=(
         ev.AccountConfigured,
         ev.CampaignConfiguredV1,
+        ev.CampaignConfiguredV2,
         ev.CampaignConfigured,
+        ev.SourceConfiguredV1,
         ev.SourceConfigured,
+        ev.BuyerConfiguredV1,
         ev.BuyerConfigured,
     ),
     config={"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
@@ -50,22 +53,38 @@ LEAD_RECEIVED = TopicSpec(
     "lead.received",
     partitions=12,
     key="lead id",
-    events=(ev.LeadReceived,),
-    description="Leads accepted by ingest, PII sealed under a per-lead key.",
+    events=(ev.LeadReceivedV1, ev.LeadReceived, ev.LeadRejected),
+    description="Leads accepted by ingest (PII sealed under a per-lead key), and the posts"
+    " it refused with their reasons.",
+)
+LEAD_PINGED = TopicSpec(
+    "lead.pinged",
+    partitions=12,
+    key="ping id",
+    events=(ev.PingReceived, ev.BuyerPinged, ev.AuctionClosed),
+    description="Ping-post auctions: each ping, each buyer's bid (or none), the result.",
 )
 LEAD_ROUTED = TopicSpec(
     "lead.routed",
     partitions=12,
     key="lead id",
-    events=(ev.LeadRouted, ev.LeadRoutingExhausted),
+    events=(ev.LeadRoutedV1, ev.LeadRouted, ev.LeadRoutingExhaustedV1, ev.LeadRoutingExhausted),
     description="Routing decisions: the buyer offered each lead next, or that none remain.",
 )
 DELIVERY_OUTCOME = TopicSpec(
     "delivery.outcome",
     partitions=12,
     key="lead id",
-    events=(ev.DeliveryAttempted, ev.LeadSold, ev.LeadUnsold),
-    description="Each delivery attempt's result and each lead's final outcome.",
+    events=(
+        ev.DeliveryAttemptedV1,
+        ev.DeliveryAttempted,
+        ev.LeadSoldV1,
+        ev.LeadSold,
+        ev.LeadUnsoldV1,
+        ev.LeadUnsold,
+        ev.LeadReturned,
+    ),
+    description="Each delivery attempt's result, each lead's outcome (sales, unsold) and returns.",
 )
 USAGE_INCREMENTED = TopicSpec(
     "usage.incremented",
@@ -78,6 +97,7 @@ USAGE_INCREMENTED = TopicSpec(
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     CONFIG_CHANGED,
     LEAD_RECEIVED,
+    LEAD_PINGED,
     LEAD_ROUTED,
     DELIVERY_OUTCOME,
     USAGE_INCREMENTED,

@@ -9,10 +9,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from lx_platform.crypto import open_bytes
 from lx_platform.http import internal_guard
+from lx_platform.leadkeys import KeyUnavailableError, LeadKeys
 from lx_platform.runtime import Runtime
 
 from lx_delivery import store
-from lx_delivery.keys import KeyUnavailableError, LeadKeys
 
 internal = APIRouter(
     prefix="/internal/v1", dependencies=[Depends(internal_guard())], include_in_schema=False

@@ -2,12 +2,12 @@
 
 from fastapi import FastAPI
 from lx_platform.egress import EgressPolicy, Resolver
+from lx_platform.leadkeys import LeadKeys
 from lx_platform.runtime import build_runtime, create_app
 from lx_schemas import topics
 
 from lx_delivery import api
 from lx_delivery.handlers import DeliveryHandler
-from lx_delivery.keys import LeadKeys
 from lx_delivery.settings import DeliverySettings
 from lx_delivery.worker import DeliveryWorker
 

@@ -21,6 +21,7 @@ from lx_platform.crypto import open_fields, seal_bytes
 from lx_platform.db import Database
 from lx_platform.egress import EgressPolicy, EgressRefusedError, parse_endpoint
 from lx_platform.egress_http import PinnedTransport
+from lx_platform.leadkeys import KeyUnavailableError, LeadKeys
 from lx_platform.logging import get_logger
 from lx_platform.metrics import Metrics
 from lx_platform.outbox import Outbox, OutboxRelay
@@ -28,7 +29,6 @@ from lx_schemas import events as ev
 from lx_schemas.envelope import Event, derived_id, utcnow
 
 from lx_delivery import domain, store
-from lx_delivery.keys import KeyUnavailableError, LeadKeys
 from lx_delivery.settings import DeliverySettings
 
 log = get_logger(__name__)

@@ -1,0 +1,1 @@
+"""Buyer integrations: request templates, response rules, signatures, circuit breaker."""

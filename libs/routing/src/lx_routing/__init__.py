@@ -1,0 +1,1 @@
+"""Pure routing rules: filters, schedules, cap periods, distribution order."""
