@@ -5,7 +5,7 @@
 #   docker build -t leadexchange .
 #   docker run --rm leadexchange python -m lx_ingest
 #
-# docker-compose.yml runs all six this way, with Kafka and PostgreSQL next to them.
+# docker-compose.yml runs all seven this way, with Kafka and PostgreSQL next to them.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -31,12 +31,16 @@ COPY pyproject.toml uv.lock ./
 COPY libs/schemas/pyproject.toml libs/schemas/
 COPY libs/platform/pyproject.toml libs/platform/
 COPY libs/devstack/pyproject.toml libs/devstack/
+COPY libs/sre/pyproject.toml libs/sre/
+COPY libs/routing/pyproject.toml libs/routing/
+COPY libs/integrations/pyproject.toml libs/integrations/
 COPY services/admin/pyproject.toml services/admin/
 COPY services/ingest/pyproject.toml services/ingest/
 COPY services/router/pyproject.toml services/router/
 COPY services/delivery/pyproject.toml services/delivery/
 COPY services/billing/pyproject.toml services/billing/
 COPY services/analytics/pyproject.toml services/analytics/
+COPY services/auction/pyproject.toml services/auction/
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --all-packages --no-dev --no-install-workspace
 
@@ -51,7 +55,7 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 FROM ${PYTHON_IMAGE} AS runtime
 
 LABEL org.opencontainers.image.title="leadexchange" \
-      org.opencontainers.image.description="LeadExchange services (admin, ingest, router, delivery, billing, analytics)"
+      org.opencontainers.image.description="LeadExchange services (admin, ingest, router, delivery, billing, analytics, auction)"
 
 RUN groupadd --system --gid 10001 lx \
     && useradd --system --uid 10001 --gid lx --create-home --home-dir /home/lx \
@@ -68,13 +72,15 @@ ENV PATH="/app/.venv/bin:${PATH}" \
     LX_ROUTER_HTTP_HOST=0.0.0.0 \
     LX_DELIVERY_HTTP_HOST=0.0.0.0 \
     LX_BILLING_HTTP_HOST=0.0.0.0 \
-    LX_ANALYTICS_HTTP_HOST=0.0.0.0
+    LX_ANALYTICS_HTTP_HOST=0.0.0.0 \
+    LX_AUCTION_HTTP_HOST=0.0.0.0
 
 WORKDIR /home/lx
 USER 10001:10001
 
-# admin 8000, ingest 8001, router 8002, delivery 8003, billing 8004, analytics 8005
-EXPOSE 8000-8005
+# admin 8000, ingest 8001, router 8002, delivery 8003, billing 8004, analytics 8005,
+# auction 8006
+EXPOSE 8000-8006
 
 # No default service: say how to choose one instead of starting an arbitrary one.
-CMD ["python", "-c", "import sys; sys.exit('choose a service: python -m lx_admin | lx_ingest | lx_router | lx_delivery | lx_billing | lx_analytics')"]
+CMD ["python", "-c", "import sys; sys.exit('choose a service: python -m lx_admin | lx_ingest | lx_router | lx_delivery | lx_billing | lx_analytics | lx_auction')"]

@@ -29,6 +29,7 @@ from lx_platform.kafka import encode_key, ensure_topics
 from lx_platform.settings import KafkaSettings, ServiceSettings
 from lx_schemas import Event, topic_for
 from lx_schemas import events as ev
+from lx_schemas.rules import Payout
 from lx_sre.projections import PROJECTIONS, rebuild_projection
 
 LEADS = int(os.environ.get("LX_BENCH_LEADS", "70000"))
@@ -36,6 +37,7 @@ ACCOUNT, CAMPAIGN = uuid.uuid4(), uuid.uuid4()
 SOURCES = [uuid.uuid4() for _ in range(20)]
 BUYERS = [uuid.uuid4() for _ in range(10)]
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+PAYOUT = Payout(percent=Decimal("60.00"))
 
 
 def story(n: int) -> list[tuple[Event, uuid.UUID]]:
@@ -60,6 +62,7 @@ def story(n: int) -> list[tuple[Event, uuid.UUID]]:
                 attempt=1,
                 delivery_id=uuid.uuid4(),
                 price=price,
+                payout=PAYOUT,
                 lead=content,
             ),
         ),
@@ -77,7 +80,11 @@ def story(n: int) -> list[tuple[Event, uuid.UUID]]:
         ev.LeadSold.new(
             **env,
             payload=ev.LeadSoldPayload(
-                **ref, buyer_id=buyer, delivery_id=uuid.uuid4(), price=price
+                **ref,
+                buyer_id=buyer,
+                delivery_id=uuid.uuid4(),
+                price=price,
+                payout=PAYOUT.for_price(price),
             ),
         )
         if n % 5

@@ -8,3 +8,4 @@ CREATE DATABASE lx_router;
 CREATE DATABASE lx_delivery;
 CREATE DATABASE lx_billing;
 CREATE DATABASE lx_analytics;
+CREATE DATABASE lx_auction;

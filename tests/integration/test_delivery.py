@@ -25,6 +25,7 @@ from lx_platform.runtime import Runtime
 from lx_platform.settings import PlatformSettings
 from lx_schemas import events as ev
 from lx_schemas.envelope import Event, derived_id
+from lx_schemas.rules import Payout
 from lx_schemas.topics import DELIVERY_OUTCOME, USAGE_INCREMENTED
 from sqlalchemy import text
 from starlette.applications import Starlette
@@ -52,6 +53,8 @@ FIELDS: dict[str, ev.FieldValue] = {
     "homeowner": True,
 }
 R = ev.DeliveryResult
+C = ev.RejectionCode
+PAYOUT = Payout(percent=Decimal("60"))
 
 
 # --- a fake key vault (ingest's internal key endpoint) --------------------------------------
@@ -123,6 +126,7 @@ class Offer:
         return {
             "lead_id": str(self.lead_id),
             "delivery_id": str(self.delivery_id),
+            "price": "35.00",
             **FIELDS,
             **self.pii,
         }
@@ -189,6 +193,7 @@ class Stack:
                 attempt=1,
                 delivery_id=derived_id("delivery", lead_id, buyer.buyer_id, 1),
                 price=buyer.price,
+                payout=PAYOUT,
                 lead=ev.LeadContent(fields=FIELDS, pii=seal_fields(data_key, key_id, pii)),
             ),
         )
@@ -293,6 +298,8 @@ def attempted(offer: Offer, **expected: Any) -> dict[str, Any]:
         "buyer_id": p.buyer_id,
         "delivery_id": p.delivery_id,
         "attempt": 1,
+        "reason_code": None,
+        "buyer_lead_id": None,
     }
     return {**identity, **expected}
 
@@ -337,12 +344,15 @@ async def test_accepted_lead_reaches_the_buyer_decrypted_and_is_sold_once(stack:
                 "buyer_id": buyer.buyer_id,
                 "delivery_id": offer.delivery_id,
                 "price": Decimal("35.00"),
+                "payout": Decimal("21.00"),  # 60 % of the price paid
+                "sale": 1,
+                "buyer_lead_id": None,
             },
         ),
     ]
     tried, sold = outcomes
     assert tried.event_id == derived_id("delivery.attempted", offer.delivery_id, 1)
-    assert sold.event_id == derived_id("lead.sold", offer.lead_id)
+    assert sold.event_id == derived_id("lead.sold", offer.lead_id, 1)
     assert sold.causation_id == tried.event_id
     (usage,) = await stack.usage(offer.lead_id)
     assert usage.account_id == ACCOUNT
@@ -424,6 +434,7 @@ async def test_rejected_lead_is_reported_with_the_buyers_reason_and_not_sold(
                 result=R.REJECTED,
                 http_status=200,
                 reason="not buying this one",
+                reason_code=C.BUYER_REJECTED,
                 price=None,
             ),
         ),
@@ -454,6 +465,7 @@ async def test_flaky_buyer_is_retried_with_the_same_delivery_id_until_it_accepts
                 result=R.ERROR,
                 http_status=503,
                 reason="http_503",
+                reason_code=C.BUYER_ERROR,
                 price=None,
             ),
         ),
@@ -478,6 +490,9 @@ async def test_flaky_buyer_is_retried_with_the_same_delivery_id_until_it_accepts
                 "buyer_id": buyer.buyer_id,
                 "delivery_id": offer.delivery_id,
                 "price": Decimal("35.00"),
+                "payout": Decimal("21.00"),  # 60 % of the price paid
+                "sale": 1,
+                "buyer_lead_id": None,
             },
         ),
     ]
@@ -513,6 +528,7 @@ async def test_hanging_buyer_is_an_unknown_outcome_retried_with_the_same_id_then
                 result=R.OUTCOME_UNKNOWN,
                 http_status=None,
                 reason="deadline_exceeded",
+                reason_code=C.BUYER_ERROR,
                 price=None,
             ),
         ),
@@ -525,6 +541,7 @@ async def test_hanging_buyer_is_an_unknown_outcome_retried_with_the_same_id_then
                 result=R.ERROR,
                 http_status=None,
                 reason="outcome_unknown_unresolved: deadline_exceeded",
+                reason_code=C.OUTCOME_UNKNOWN_UNRESOLVED,
                 price=None,
             ),
         ),
@@ -560,6 +577,7 @@ async def test_buyer_trickling_its_answer_is_cut_off_at_its_timeout(stack: Stack
                 result=R.OUTCOME_UNKNOWN,
                 http_status=200,
                 reason="deadline_exceeded",
+                reason_code=C.BUYER_ERROR,
                 price=None,
             ),
         ),
@@ -572,6 +590,7 @@ async def test_buyer_trickling_its_answer_is_cut_off_at_its_timeout(stack: Stack
                 result=R.ERROR,
                 http_status=200,
                 reason="outcome_unknown_unresolved: deadline_exceeded",
+                reason_code=C.OUTCOME_UNKNOWN_UNRESOLVED,
                 price=None,
             ),
         ),
@@ -601,6 +620,12 @@ async def test_duplicated_routing_decision_is_delivered_once(stack: Stack) -> No
     assert len(await stack.usage(offer.lead_id)) == 1
 
 
+REJECTIONS = (
+    ev.Rejection(code=C.BUYER_REJECTED, detail="not buying this one", buyer_id=uuid.uuid4()),
+    ev.Rejection(code=C.SCHEDULE_CLOSED, detail="closed at this hour", buyer_id=uuid.uuid4()),
+)
+
+
 async def test_exhausted_routing_makes_the_lead_unsold_exactly_once(stack: Stack) -> None:
     lead_id, campaign = uuid.uuid4(), uuid.uuid4()
     exhausted = ev.LeadRoutingExhausted.new(
@@ -613,6 +638,7 @@ async def test_exhausted_routing_makes_the_lead_unsold_exactly_once(stack: Stack
             source_id=SOURCE,
             reason=ev.ExhaustionReason.ALL_BUYERS_DECLINED,
             attempts=2,
+            rejections=REJECTIONS,
         ),
     )
     await stack.send((exhausted, lead_id), (exhausted, lead_id), (republished(exhausted), lead_id))
@@ -627,6 +653,7 @@ async def test_exhausted_routing_makes_the_lead_unsold_exactly_once(stack: Stack
                 "campaign_id": campaign,
                 "source_id": SOURCE,
                 "reason": ev.ExhaustionReason.ALL_BUYERS_DECLINED,
+                "rejections": tuple(r.model_dump() for r in REJECTIONS),
             },
         ),
     ]
@@ -653,6 +680,7 @@ async def test_shredded_key_fails_the_delivery_and_sends_nothing(stack: Stack) -
                 result=R.ERROR,
                 http_status=None,
                 reason="pii_shredded",
+                reason_code=C.BUYER_ERROR,
                 price=None,
             ),
         ),

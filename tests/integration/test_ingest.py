@@ -206,7 +206,7 @@ async def test_every_rejected_request_gets_a_4xx_reason_and_writes_nothing(
     ok = await ingest.client.post("/v1/leads", json=LEAD, headers=src.auth)
     assert ok.status_code == 202, ok.text
     marker = uuid.UUID(ok.json()["lead_id"])
-    received = [e for e in await ingest.records(LEAD_RECEIVED) if e.account_id == src.account_id]
+    received = await ingest.received_of(LEAD_RECEIVED, src.account_id)
     assert [e.payload.lead_id for e in received] == [marker]
     usage = await ingest.records(USAGE_INCREMENTED, key=src.account_id)
     assert [u.payload.subject_id for u in usage] == [marker]
@@ -253,7 +253,9 @@ async def test_a_paused_source_or_campaign_is_refused_with_403_and_nothing_writt
     assert await ingest.counts() == {k: v + 1 for k, v in before.items()}
 
 
-async def test_a_lead_status_follows_its_outcome_on_delivery_outcome(ingest: Service) -> None:
+async def test_a_lead_status_follows_its_outcome_and_says_why_without_naming_buyers(
+    ingest: Service,
+) -> None:
     (src,) = await configure(ingest)
     ids = []
     for _ in range(2):
@@ -263,22 +265,36 @@ async def test_a_lead_status_follows_its_outcome_on_delivery_outcome(ingest: Ser
     sold_id, unsold_id = ids
     ref = {"campaign_id": src.campaign_id, "source_id": src.source_id}
     env = {"account_id": src.account_id, "producer": "test"}
+    buyers = [uuid.uuid4() for _ in range(3)]
     sold = ev.LeadSold.new(
         **env,
         correlation_id=sold_id,
         payload=ev.LeadSoldPayload(
             lead_id=sold_id,
             **ref,
-            buyer_id=uuid.uuid4(),
+            buyer_id=buyers[0],
             delivery_id=uuid.uuid4(),
             price=Decimal("31.40"),
+            payout=Decimal("12.00"),
+        ),
+    )
+    rejections = (
+        ev.Rejection(
+            code=ev.RejectionCode.FILTER, detail="filter 'CA only' of Acme", buyer_id=buyers[0]
+        ),
+        ev.Rejection(code=ev.RejectionCode.FILTER, detail="state in [NY]", buyer_id=buyers[1]),
+        ev.Rejection(
+            code=ev.RejectionCode.BUYER_REJECTED, detail="Acme said: no", buyer_id=buyers[2]
         ),
     )
     unsold = ev.LeadUnsold.new(
         **env,
         correlation_id=unsold_id,
         payload=ev.LeadUnsoldPayload(
-            lead_id=unsold_id, **ref, reason=ev.ExhaustionReason.ALL_BUYERS_DECLINED
+            lead_id=unsold_id,
+            **ref,
+            reason=ev.ExhaustionReason.ALL_BUYERS_DECLINED,
+            rejections=rejections,
         ),
     )
     await publish(ingest.bootstrap, ingest.prefix, [(sold, sold_id), (unsold, unsold_id)])
@@ -292,6 +308,47 @@ async def test_a_lead_status_follows_its_outcome_on_delivery_outcome(ingest: Ser
     assert got["reason"] is None
     assert got["outcome_at"] is not None
     assert dt.datetime.fromisoformat(got["outcome_at"]) == sold.occurred_at
+    assert (got["sales"], Decimal(got["payout"]), got["detail"]) == (
+        1,
+        Decimal("12.00"),
+        "sold to 1 buyer",
+    )
     got = await eventually(lambda: status_of(unsold_id, "unsold"), what="lead unsold")
     assert got["reason"] == "all_buyers_declined"
     assert dt.datetime.fromisoformat(got["outcome_at"]) == unsold.occurred_at
+    assert got["detail"] == "no buyer accepted: 2 filtered out, 1 rejected it"
+    assert [(r["code"], r["count"]) for r in got["rejections"]] == [
+        ("filter", 2),
+        ("buyer_rejected", 1),
+    ]
+    # A return claws the payout back.
+    returned = ev.LeadReturned.new(
+        **env,
+        correlation_id=sold_id,
+        payload=ev.LeadReturnedPayload(
+            lead_id=sold_id,
+            **ref,
+            buyer_id=buyers[0],
+            delivery_id=sold.payload.delivery_id,
+            return_id=uuid.uuid4(),
+            price=Decimal("31.40"),
+            payout=Decimal("12.00"),
+            reason_code=ev.ReturnReason.INVALID_CONTACT,
+            returned_by=f"buyer:{buyers[0]}",
+        ),
+    )
+    await publish(ingest.bootstrap, ingest.prefix, [(returned, sold_id)])
+
+    async def clawed_back() -> dict[str, Any] | None:
+        got = await status_of(sold_id, "sold")
+        return got if got and got["returns"] == 1 else None
+
+    got = await eventually(clawed_back, what="the return counted")
+    assert (Decimal(got["payout"]), got["detail"]) == (
+        Decimal("0.00"),
+        "sold to 1 buyer; 1 sale returned",
+    )
+    # Which buyers, and their own words, are for the operator's trace only.
+    raw = (await ingest.client.get(f"/v1/leads/{unsold_id}", headers=src.auth)).text
+    for secret in [*(str(b) for b in buyers), "Acme", "CA only", "[NY]"]:
+        assert secret not in raw

@@ -54,7 +54,7 @@ async def leads_of(svc: Service, src: Source) -> dict[str, int]:
     """The account's leads, counted in ingest's table and on both topics."""
     return {
         "leads": await svc.count("leads", "account_id = :a", a=src.account_id),
-        "lead.received": len(await svc.events_of(LEAD_RECEIVED, src.account_id)),
+        "lead.received": len(await svc.received_of(LEAD_RECEIVED, src.account_id)),
         "usage.incremented": len(await svc.events_of(USAGE_INCREMENTED, src.account_id)),
     }
 
@@ -68,7 +68,9 @@ def refused_as_duplicate(r: httpx.Response, field: str) -> None:
     error = r.json()["error"]
     assert error["code"] == "duplicate_lead"
     assert error["field"] == field
-    assert set(error) == {"code", "detail", "field"}  # nothing of the other lead
+    # Nothing of the other lead: the refused lead's own id and the reason's code only.
+    assert set(error) == {"code", "detail", "field", "reason", "lead_id"}
+    assert error["reason"] == "duplicate"
 
 
 async def age_index(svc: Service, scope_id: uuid.UUID, days: float) -> None:

@@ -49,7 +49,7 @@ async def written(svc: Service, src: Source) -> dict[str, int]:
             "key_id in (select lead_id from leads where source_id = :s)",
             s=src.source_id,
         ),
-        "lead.received": len(await svc.events_of(LEAD_RECEIVED, src.account_id)),
+        "lead.received": len(await svc.received_of(LEAD_RECEIVED, src.account_id)),
         "usage.incremented": len(await svc.events_of(USAGE_INCREMENTED, src.account_id)),
     }
 

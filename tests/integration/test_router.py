@@ -1,6 +1,8 @@
 """The router against real Kafka and PostgreSQL: each lead goes down its campaign's
 waterfall one buyer at a time, every decision is made exactly once, and a sold or
-exhausted lead leaves the waterfall."""
+exhausted lead leaves the waterfall. (Caps, filters, multi-sell and ping-post:
+test_router_rules.py.) These campaigns and sources are not configured at all: the
+router routes with the defaults (an exclusive waterfall, no margin, no payout)."""
 
 from __future__ import annotations
 
@@ -146,23 +148,10 @@ def attempted(
             http_status=200 if result is not ev.DeliveryResult.ERROR else 503,
             latency_ms=12.5,
             reason="not buying this one" if result is ev.DeliveryResult.REJECTED else None,
-        ),
-    )
-
-
-def sold(routed: ev.LeadRouted) -> ev.LeadSold:
-    p = routed.payload
-    return ev.LeadSold.new(
-        account_id=ACCOUNT,
-        correlation_id=p.lead_id,
-        producer="test",
-        payload=ev.LeadSoldPayload(
-            lead_id=p.lead_id,
-            campaign_id=p.campaign_id,
-            source_id=p.source_id,
-            buyer_id=p.buyer_id,
-            delivery_id=p.delivery_id,
-            price=p.price,
+            reason_code={
+                ev.DeliveryResult.REJECTED: ev.RejectionCode.BUYER_REJECTED,
+                ev.DeliveryResult.ERROR: ev.RejectionCode.BUYER_ERROR,
+            }.get(result),
         ),
     )
 
@@ -195,7 +184,7 @@ async def campaign_with_waterfall(
 async def test_lead_goes_down_the_waterfall_until_every_active_buyer_declines(
     router: Router,
 ) -> None:
-    campaign, first, second, _ = await campaign_with_waterfall(router)
+    campaign, first, second, paused = await campaign_with_waterfall(router)
     received = lead(campaign)
     lead_id = received.payload.lead_id
     first_id, second_id = first.payload.buyer_id, second.payload.buyer_id
@@ -240,6 +229,15 @@ async def test_lead_goes_down_the_waterfall_until_every_active_buyer_declines(
     ]
     assert decisions[2].event_id == derived_id("lead.routing_exhausted", lead_id)
     assert await router.routing_state(lead_id) == (2, "exhausted")
+    exhausted = decisions[2]
+    assert isinstance(exhausted, ev.LeadRoutingExhausted)
+    assert [(r.code, r.buyer_id) for r in exhausted.payload.rejections] == [
+        (ev.RejectionCode.BUYER_PAUSED, paused.payload.buyer_id),
+        (ev.RejectionCode.BUYER_REJECTED, first_id),
+        (ev.RejectionCode.BUYER_REJECTED, second_id),
+    ]
+    detail = exhausted.payload.rejections[1].detail
+    assert detail == "buyer p1 rejected the lead: not buying this one"
 
 
 async def test_lead_of_a_campaign_without_active_buyers_is_exhausted_at_once(
@@ -296,7 +294,7 @@ async def test_sold_lead_leaves_the_waterfall(router: Router) -> None:
     assert isinstance(offer1, ev.LeadRouted)
     assert offer1.payload.buyer_id == first.payload.buyer_id
 
-    await router.send((sold(offer1), lead_id))
+    await router.send((attempted(offer1, ev.DeliveryResult.ACCEPTED), lead_id))
     assert await router.routing_state(lead_id) == (1, "sold")
     # A rejection arriving late (a stale or confused result) does not re-open the lead.
     await router.send((attempted(offer1, ev.DeliveryResult.REJECTED), lead_id))

@@ -28,6 +28,7 @@ from lx_platform.runtime import Runtime, build_runtime, create_app
 from lx_platform.settings import KafkaSettings, ServiceSettings
 from lx_schemas import Event, topics
 from lx_schemas import events as ev
+from lx_schemas.rules import Payout
 from lx_sre.cli import app as lxctl_app
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -113,7 +114,11 @@ def outcomes(lead: uuid.UUID, n: int) -> list[tuple[Event, uuid.UUID]]:
         final = ev.LeadSold.new(
             **envelope(lead, n),
             payload=ev.LeadSoldPayload(
-                **ref(lead), buyer_id=BUYERS[1], delivery_id=uuid.uuid4(), price=Decimal("12.50")
+                **ref(lead),
+                buyer_id=BUYERS[1],
+                delivery_id=uuid.uuid4(),
+                price=Decimal("12.50"),
+                payout=Decimal("7.50"),
             ),
         )
     else:
@@ -141,6 +146,7 @@ def lead_story(n: int) -> list[tuple[Event, uuid.UUID]]:
             attempt=1,
             delivery_id=uuid.uuid4(),
             price=Decimal("12.50"),
+            payout=Payout(fixed=Decimal("0.00")),
             lead=ev.LeadContent(fields={}),
         ),
     )

@@ -19,6 +19,7 @@ from lx_platform.runtime import Runtime
 from lx_platform.settings import ServiceSettings
 from lx_schemas import Event
 from lx_schemas import events as ev
+from lx_schemas.rules import Payout
 from lx_sre.cli import app as lxctl
 from lx_sre.projections import PROJECTIONS, Shadow, rebuild_projection, verify_projection
 from sqlalchemy import text
@@ -60,6 +61,7 @@ def lead_story(n: int) -> list[tuple[Event, uuid.UUID]]:
                 attempt=1,
                 delivery_id=uuid.uuid4(),
                 price=price,
+                payout=Payout(fixed=Decimal("0.00")),
                 lead=ev.LeadContent(fields={}),
             ),
         ),
@@ -80,7 +82,11 @@ def lead_story(n: int) -> list[tuple[Event, uuid.UUID]]:
             ev.LeadSold.new(
                 **env,
                 payload=ev.LeadSoldPayload(
-                    **ref, buyer_id=second, delivery_id=uuid.uuid4(), price=price
+                    **ref,
+                    buyer_id=second,
+                    delivery_id=uuid.uuid4(),
+                    price=price,
+                    payout=Decimal("5.00"),
                 ),
             )
         )

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 
 from lx_schemas import derived_id
 from lx_schemas import events as ev
+from lx_schemas.rules import Payout
 
 
 def routed(buyer: ev.BuyerState, account_id: uuid.UUID) -> ev.LeadRouted:
@@ -23,6 +25,7 @@ def routed(buyer: ev.BuyerState, account_id: uuid.UUID) -> ev.LeadRouted:
             attempt=1,
             delivery_id=derived_id("delivery", lead_id, buyer.buyer_id, 1),
             price=buyer.price,
+            payout=Payout(fixed=Decimal("0.00")),
             lead=ev.LeadContent(fields={"state": "CA", "zip": "94105"}),
         ),
     )

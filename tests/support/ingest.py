@@ -19,6 +19,7 @@ from lx_ingest.settings import IngestSettings
 from lx_platform.runtime import Runtime
 from lx_schemas import decode_event
 from lx_schemas import events as ev
+from lx_schemas.rules import Payout, PingPost, SourceControls
 from lx_schemas.topics import TopicSpec
 from sqlalchemy import text
 
@@ -81,6 +82,12 @@ class Service:
     async def events_of(self, spec: TopicSpec, account_id: uuid.UUID) -> list[Any]:
         return [e for e in await self.records(spec) if e.account_id == account_id]
 
+    async def received_of(self, spec: TopicSpec, account_id: uuid.UUID) -> list[Any]:
+        """The account's events on ``spec`` but LeadRejected (refused posts share
+        lead.received with the leads accepted)."""
+        events = await self.events_of(spec, account_id)
+        return [e for e in events if not isinstance(e, ev.LeadRejected)]
+
 
 @contextlib.asynccontextmanager
 async def running_ingest(infra: Infra, isolation: str, **settings: Any) -> AsyncIterator[Service]:
@@ -107,6 +114,7 @@ def campaign_configured(
     campaign_id: uuid.UUID,
     status: ev.Status = ev.Status.ACTIVE,
     dedupe: ev.DedupeRule | None = None,
+    ping_post: PingPost | None = None,
 ) -> ev.CampaignConfigured:
     return ev.CampaignConfigured.new(
         account_id=account_id,
@@ -120,11 +128,16 @@ def campaign_configured(
             status=status,
             fields=FIELDS,
             dedupe=dedupe,
+            ping_post=ping_post or PingPost(),
         ),
     )
 
 
-def source_configured(src: Source, status: ev.Status = ev.Status.ACTIVE) -> ev.SourceConfigured:
+def source_configured(
+    src: Source,
+    status: ev.Status = ev.Status.ACTIVE,
+    controls: SourceControls | None = None,
+) -> ev.SourceConfigured:
     return ev.SourceConfigured.new(
         account_id=src.account_id,
         correlation_id=src.source_id,
@@ -137,7 +150,8 @@ def source_configured(src: Source, status: ev.Status = ev.Status.ACTIVE) -> ev.S
             status=status,
             api_key_prefix=src.api_key[:11],
             api_key_sha256=hashlib.sha256(src.api_key.encode()).hexdigest(),
-            payout=Decimal("12.00"),
+            payout=Payout(fixed=Decimal("12.00")),
+            controls=controls or SourceControls(),
         ),
     )
 
@@ -167,6 +181,8 @@ async def configure(
     sources: int = 1,
     dedupe: ev.DedupeRule | None = None,
     account_id: uuid.UUID | None = None,
+    controls: SourceControls | None = None,
+    ping_post: PingPost | None = None,
 ) -> list[Source]:
     """Publish a campaign (of a new account unless given) and its sources on
     config.changed; return once ingest knows them."""
@@ -176,8 +192,11 @@ async def configure(
         svc.bootstrap,
         svc.prefix,
         [
-            (campaign_configured(account_id, campaign_id, campaign_status, dedupe), campaign_id),
-            *((source_configured(s, source_status), s.source_id) for s in made),
+            (
+                campaign_configured(account_id, campaign_id, campaign_status, dedupe, ping_post),
+                campaign_id,
+            ),
+            *((source_configured(s, source_status, controls), s.source_id) for s in made),
         ],
     )
     for src in made:

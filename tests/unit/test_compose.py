@@ -71,7 +71,7 @@ def compose_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 
 def test_compose_runs_exactly_the_service_packages_found_under_services() -> None:
-    assert len(SERVICES_ON_DISK) == 6
+    assert len(SERVICES_ON_DISK) == 7
     assert set(COMPOSE["services"]) == set(SERVICES_ON_DISK) | INFRASTRUCTURE
     for name in SERVICES_ON_DISK:
         assert service(name)["build"] == "."
@@ -128,7 +128,8 @@ def test_services_call_each_other_on_their_compose_names_and_ports() -> None:
         env = environment(name)
         assert env["LX_PLATFORM_INGEST_URL"] == f"http://ingest:{ports['ingest']}"
         assert env["LX_PLATFORM_DELIVERY_URL"] == f"http://delivery:{ports['delivery']}"
-    assert sorted(ports.values()) == list(range(8000, 8006))
+        assert env["LX_PLATFORM_AUCTION_URL"] == f"http://auction:{ports['auction']}"
+    assert sorted(ports.values()) == list(range(8000, 8007))
 
 
 def test_every_service_waits_for_healthy_kafka_and_postgres() -> None:

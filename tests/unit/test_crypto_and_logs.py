@@ -44,3 +44,20 @@ def test_logs_redact_pii_keys_and_mask_emails_and_phones_anywhere() -> None:
     assert "ada@example.com" not in text and "555" not in text
     assert event["email"] == REDACTED and event["fields"]["state"] == "CA"
     assert event["lead_id"] == "L1"
+
+
+def test_logs_keep_ids_and_timestamps_that_look_like_digit_runs() -> None:
+    buyer = "00000000-1234-5678-9012-345678901234"
+    event = redact_pii(
+        None,
+        "info",
+        {
+            "event": "routed",
+            "buyer_id": buyer,
+            "at": "2026-11-22T10:15:00.123",
+            "detail": f"buyer {buyer} closed on 2026-11-22 21:14; call 415-555-0132",
+        },
+    )
+    assert event["buyer_id"] == buyer
+    assert event["at"] == "2026-11-22T10:15:00.123"
+    assert event["detail"] == f"buyer {buyer} closed on 2026-11-22 21:14; call {REDACTED}"

@@ -3,7 +3,10 @@
 Each buyer is a path, ``/buyers/<name>/<mode>``; the mode says how it answers:
 ``accept``, ``reject``, ``error`` (503), ``flaky`` (503 on a delivery id's first
 try, then accept), ``slow`` (waits ``?ms=`` then accepts), ``hang`` (never answers
-within any sane timeout). ``GET /received`` lists what arrived, for tests and demos.
+within any sane timeout). For pings, ``bid`` waits ``?ms=`` (default 0) and then bids
+``?price=`` (default 10.00) with a bid id (``?bid_id=``, default ``<name>-<n>``):
+``{"price": "40.00", "bid_id": "..."}``; ``nobid`` declines (``{"price": null}``).
+``GET /received`` lists what arrived, for tests and demos.
 """
 
 from __future__ import annotations
@@ -47,6 +50,13 @@ def create_buyer_app() -> Starlette:
                 "lead": lead,
             }
         )
+        if mode == "bid":
+            await asyncio.sleep(int(request.query_params.get("ms", "0")) / 1000)
+            bid_id = request.query_params.get("bid_id") or f"{name}-{len(received)}"
+            price = request.query_params.get("price", "10.00")
+            return JSONResponse({"price": price, "bid_id": bid_id})
+        if mode == "nobid":
+            return JSONResponse({"price": None, "reason": "not bidding on this one"})
         if mode == "reject":
             return JSONResponse({"status": "rejected", "reason": "not buying this one"})
         if mode == "error":

@@ -1,6 +1,6 @@
 """Every service as its own process, the fake buyer, and the demo seed.
 
-Used by ``make run`` (ports 8000-8005, buyer 8090, databases ``lx_<service>``) and by
+Used by ``make run`` (ports 8000-8006, buyer 8090, databases ``lx_<service>``) and by
 the end-to-end tests (other ports, databases and a topic prefix of their own, so a
 running ``make run`` and a test session never meet).
 """
@@ -27,7 +27,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from lx_devstack.infra import Infra
 from lx_devstack.paths import logs_dir, pid_alive, read_pidfile, run_dir
 
-SERVICES = ("admin", "ingest", "router", "delivery", "billing", "analytics")
+SERVICES = ("admin", "ingest", "router", "delivery", "billing", "analytics", "auction")
 DEV_OPERATOR_TOKEN = "dev-operator-token"  # noqa: S105 - the development default, refused in production
 
 
@@ -68,6 +68,7 @@ def service_env(service: str, infra: Infra, layout: StackLayout) -> dict[str, st
         "LX_KAFKA_TOPIC_PREFIX": layout.topic_prefix,
         "LX_PLATFORM_INGEST_URL": layout.url("ingest"),
         "LX_PLATFORM_DELIVERY_URL": layout.url("delivery"),
+        "LX_PLATFORM_AUCTION_URL": layout.url("auction"),
         "LX_PLATFORM_OPERATOR_TOKEN": layout.operator_token,
         "LX_PLATFORM_EGRESS_ALLOW_CIDRS": layout.egress_allow_cidrs,
         f"{prefix}DATABASE_URL": infra.dsn(layout.database(service)),
@@ -150,7 +151,7 @@ def wait_ready(url: str, proc: ManagedProcess, timeout: float = 60.0) -> None:
 
 
 class Stack:
-    """The six services and the fake buyer, started against one ``Infra``."""
+    """The seven services and the fake buyer, started against one ``Infra``."""
 
     def __init__(self, infra: Infra, layout: StackLayout | None = None) -> None:
         self.infra = infra
@@ -334,9 +335,10 @@ def seed(
 
 
 def config_settled(layout: StackLayout, bootstrap: str) -> tuple[str, str, list[str]]:
-    """What ``seed`` waits for: router and delivery caught up on ``config.changed``."""
+    """What ``seed`` waits for: router, delivery and auction caught up on ``config.changed``."""
     prefix = layout.topic_prefix
-    return (bootstrap, f"{prefix}config.changed", [f"{prefix}router", f"{prefix}delivery"])
+    groups = [f"{prefix}router", f"{prefix}delivery", f"{prefix}auction"]
+    return (bootstrap, f"{prefix}config.changed", groups)
 
 
 def wait_source_known(ingest_url: str, api_key: str, timeout: float = 30.0) -> None:

@@ -108,3 +108,14 @@ class PinnedTransport(httpx.AsyncHTTPTransport):
             http2=False,
             network_backend=self.backend,
         )
+
+
+async def read_capped(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """At most ``limit`` bytes of a buyer's answer, and whether there was more: an
+    endpoint may answer without end, and memory is the platform's, not the buyer's."""
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > limit:
+            return bytes(body[:limit]), True
+    return bytes(body), False

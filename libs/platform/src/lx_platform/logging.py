@@ -36,12 +36,22 @@ PII_KEYS = frozenset(
 )
 REDACTED = "[redacted]"
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
-_PHONE = re.compile(r"\+?\d[\d ().-]{8,}\d")
+# Identifiers and timestamps are long digit runs too: matched first and kept, so that a
+# buyer id or a date in a log line is never mistaken for a phone number.
+_KEEP_OR_PHONE = re.compile(
+    r"(?P<keep>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?)"
+    r"|(?P<phone>\+?\d[\d ().-]{8,}\d)"
+)
+
+
+def _mask_phone(match: re.Match[str]) -> str:
+    return match.group("keep") or REDACTED
 
 
 def _scrub(value: Any) -> Any:
     if isinstance(value, str):
-        return _PHONE.sub(REDACTED, _EMAIL.sub(REDACTED, value))
+        return _KEEP_OR_PHONE.sub(_mask_phone, _EMAIL.sub(REDACTED, value))
     if isinstance(value, dict):
         return {k: REDACTED if k.lower() in PII_KEYS else _scrub(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

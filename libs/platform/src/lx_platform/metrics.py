@@ -102,6 +102,31 @@ class Metrics:
             buckets=_BUYER_BUCKETS,
             registry=r,
         )
+        self.delivery_breaker_state = Gauge(
+            "lx_delivery_breaker_state",
+            "A buyer's circuit breaker in this process: 0 closed, 1 half-open, 2 open.",
+            ["buyer_id"],
+            registry=r,
+        )
+        self.auction_seconds = Histogram(
+            "lx_auction_seconds",
+            "Time to run a ping-post auction, from the ping to its recorded result.",
+            buckets=_BUYER_BUCKETS,
+            registry=r,
+        )
+        self.auction_overhead_seconds = Histogram(
+            "lx_auction_overhead_seconds",
+            "An auction's own time: its duration beyond the slowest counted buyer answer"
+            " (or a timed-out buyer's whole budget).",
+            buckets=_HTTP_BUCKETS,
+            registry=r,
+        )
+        self.auction_bids = Histogram(
+            "lx_auction_bids",
+            "Valid bids per auction.",
+            buckets=(0, 1, 2, 3, 5, 10, 20, 50),
+            registry=r,
+        )
         self.http_requests = Counter(
             "lx_http_requests",
             "HTTP requests served, by route template and status.",

@@ -233,6 +233,9 @@ def serve(app: FastAPI, settings: ServiceSettings) -> None:
         port=settings.http_port,
         log_config=None,
         access_log=False,
+        # uvicorn would otherwise rewrite the client address from X-Forwarded-For for
+        # any peer on 127.0.0.1; ingest decides whom to believe (LX_INGEST_TRUSTED_PROXIES).
+        proxy_headers=False,
         lifespan="on",
         timeout_graceful_shutdown=30,
     )

@@ -66,6 +66,8 @@ class PlatformSettings(BaseSettings):
     operator_token: SecretStr = SecretStr("dev-operator-token")
     ingest_url: str = "http://127.0.0.1:8001"
     delivery_url: str = "http://127.0.0.1:8003"
+    # The auction service (ping-post): ingest asks it to run an auction and claim a ping.
+    auction_url: str = "http://127.0.0.1:8006"
     internal_timeout_s: float = 2.0
     # Keys sealing buyer integration secrets in config events (lx_platform.secrets):
     # "id:base64key" comma-separated, the first seals. Admin, router and delivery need them.

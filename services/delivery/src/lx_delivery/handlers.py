@@ -29,7 +29,8 @@ class DeliveryHandler:
                 offers.append((event.account_id, event.payload))
             elif isinstance(event, ev.LeadRoutingExhausted):
                 p = event.payload
-                if await store.decide_outcome(conn, p.lead_id, "unsold"):
+                # Sold before (multi-sell): the lead's outcome is its sale, not this.
+                if p.sales == 0 and await store.decide_outcome(conn, p.lead_id, "unsold"):
                     unsold = ev.LeadUnsold.new(
                         event_id=derived_id("lead.unsold", p.lead_id),
                         account_id=event.account_id,
@@ -41,6 +42,7 @@ class DeliveryHandler:
                             campaign_id=p.campaign_id,
                             source_id=p.source_id,
                             reason=p.reason,
+                            rejections=p.rejections,
                         ),
                     )
                     staged.append((unsold, p.lead_id))

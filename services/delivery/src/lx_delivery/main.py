@@ -4,6 +4,7 @@ from fastapi import FastAPI
 from lx_platform.egress import EgressPolicy, Resolver
 from lx_platform.leadkeys import LeadKeys
 from lx_platform.runtime import build_runtime, create_app
+from lx_platform.secrets import ConfigKeys
 from lx_schemas import topics
 
 from lx_delivery import api
@@ -20,7 +21,10 @@ def create_service(
     rt = build_runtime("delivery", settings, migrations=["lx_delivery"])
     keys = LeadKeys(rt.internal_client(), settings.platform.ingest_url)
     egress = EgressPolicy.from_settings(settings.platform, resolver)
-    worker = DeliveryWorker(rt.db, rt.outbox, rt.relay, keys, settings, rt.metrics, egress)
+    config_keys = ConfigKeys.parse(settings.platform.config_keys.get_secret_value())
+    worker = DeliveryWorker(
+        rt.db, rt.outbox, rt.relay, keys, settings, rt.metrics, egress, config_keys
+    )
     rt.extras.update(keys=keys, worker=worker)
     rt.consume(
         group_id="delivery",

@@ -10,11 +10,13 @@ from decimal import Decimal
 from typing import Any
 
 from lx_schemas.events import BuyerState, LeadContent, LeadRoutedPayload
+from lx_schemas.rules import Payout
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 
 async def upsert_buyer(conn: AsyncConnection, b: BuyerState) -> None:
+    """The buyer's whole state (integration, breaker, sealed secrets), as configured."""
     await conn.execute(
         text(
             "insert into buyers (buyer_id, state) values (:id, cast(:s as jsonb))"
@@ -38,8 +40,10 @@ async def insert_deliveries(
         await conn.execute(
             text(
                 "insert into deliveries (delivery_id, lead_id, account_id, campaign_id, source_id,"
-                " buyer_id, attempt, price, lead) values (:d, :l, :a, :c, :s, :b, :att, :p,"
-                " cast(:lead as jsonb)) on conflict (delivery_id) do nothing"
+                " buyer_id, attempt, price, lead, price_from_response, payout, sale, ping_id,"
+                " bid_ref) values (:d, :l, :a, :c, :s, :b, :att, :p, cast(:lead as jsonb),"
+                " :pfr, cast(:payout as jsonb), :sale, :ping, :ref)"
+                " on conflict (delivery_id) do nothing"
             ),
             [
                 {
@@ -52,6 +56,11 @@ async def insert_deliveries(
                     "att": p.attempt,
                     "p": p.price,
                     "lead": p.lead.model_dump_json(),
+                    "pfr": p.price_from_response,
+                    "payout": p.payout.model_dump_json(),
+                    "sale": p.sale,
+                    "ping": p.ping_id,
+                    "ref": p.bid_ref,
                 }
                 for account_id, p in offers
             ],
@@ -71,6 +80,11 @@ class Job:
     lead: LeadContent
     try_number: int
     interrupted: bool  # the previous try was cut off after it may have been sent
+    price_from_response: bool
+    payout: Payout
+    sale: int
+    ping_id: uuid.UUID | None
+    bid_ref: str | None
 
 
 async def claim_due(conn: AsyncConnection, limit: int, lease_s: float) -> list[Job]:
@@ -101,6 +115,11 @@ async def claim_due(conn: AsyncConnection, limit: int, lease_s: float) -> list[J
             LeadContent.model_validate(r.lead),
             r.tries,
             interrupted=r.prev == "sending",
+            price_from_response=r.price_from_response,
+            payout=Payout.model_validate(r.payout),
+            sale=r.sale,
+            ping_id=r.ping_id,
+            bid_ref=r.bid_ref,
         )
         for r in rows
     ]
@@ -117,14 +136,18 @@ class TryRecord:
     key_id: uuid.UUID | None
     request_sealed: bytes | None
     response_sealed: bytes | None
+    reason_code: str | None = None
+    price: Decimal | None = None
+    buyer_lead_id: str | None = None
 
 
 async def record_try(conn: AsyncConnection, delivery_id: uuid.UUID, t: TryRecord) -> None:
     await conn.execute(
         text(
             "insert into delivery_tries (delivery_id, try_number, started_at, latency_ms, result,"
-            " http_status, reason, key_id, request_sealed, response_sealed) values (:d, :n, :at,"
-            " :lat, :res, :st, :re, :k, :rq, :rs) on conflict do nothing"
+            " http_status, reason, key_id, request_sealed, response_sealed, reason_code, price,"
+            " buyer_lead_id) values (:d, :n, :at, :lat, :res, :st, :re, :k, :rq, :rs, :code,"
+            " :price, :blid) on conflict do nothing"
         ),
         {
             "d": delivery_id,
@@ -137,6 +160,9 @@ async def record_try(conn: AsyncConnection, delivery_id: uuid.UUID, t: TryRecord
             "k": t.key_id,
             "rq": t.request_sealed,
             "rs": t.response_sealed,
+            "code": t.reason_code,
+            "price": t.price,
+            "blid": t.buyer_lead_id,
         },
     )
 
@@ -176,11 +202,25 @@ async def decide_outcome(conn: AsyncConnection, lead_id: uuid.UUID, outcome: str
     return row.first() is not None
 
 
+async def record_sale(
+    conn: AsyncConnection, lead_id: uuid.UUID, sale: int, delivery_id: uuid.UUID
+) -> bool:
+    """Book sale ``sale`` of the lead; False if that sale was booked already."""
+    row = await conn.execute(
+        text(
+            "insert into lead_sales (lead_id, sale, delivery_id) values (:l, :s, :d)"
+            " on conflict do nothing returning lead_id"
+        ),
+        {"l": lead_id, "s": sale, "d": delivery_id},
+    )
+    return row.first() is not None
+
+
 async def deliveries_of_lead(conn: AsyncConnection, lead_id: uuid.UUID) -> list[dict[str, Any]]:
     jobs = await conn.execute(
         text(
-            "select delivery_id, buyer_id, attempt, price, status, result, tries as try_count,"
-            " created_at"
+            "select delivery_id, buyer_id, attempt, sale, price, price_from_response, status,"
+            " result, tries as try_count, created_at"
             " from deliveries where lead_id = :l order by attempt"
         ),
         {"l": lead_id},
@@ -189,8 +229,9 @@ async def deliveries_of_lead(conn: AsyncConnection, lead_id: uuid.UUID) -> list[
     for job in jobs:
         tries = await conn.execute(
             text(
-                "select try_number, started_at, latency_ms, result, http_status, reason, key_id,"
-                " request_sealed, response_sealed from delivery_tries where delivery_id = :d"
+                "select try_number, started_at, latency_ms, result, http_status, reason,"
+                " reason_code, price, buyer_lead_id, key_id, request_sealed, response_sealed"
+                " from delivery_tries where delivery_id = :d"
                 " order by try_number"
             ),
             {"d": job.delivery_id},

@@ -13,9 +13,15 @@ import datetime as dt
 import json
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from lx_integrations import signing
+from lx_integrations.breaker import STATE_VALUES, Breakers, BreakerState
+from lx_integrations.responses import read_response
+from lx_integrations.templates import RenderedRequest, TemplateError, redact_headers, render
 from lx_platform.consumer import is_transient
 from lx_platform.crypto import open_fields, seal_bytes
 from lx_platform.db import Database
@@ -25,15 +31,16 @@ from lx_platform.leadkeys import KeyUnavailableError, LeadKeys
 from lx_platform.logging import get_logger
 from lx_platform.metrics import Metrics
 from lx_platform.outbox import Outbox, OutboxRelay
+from lx_platform.secrets import ConfigKeys, SecretsError
 from lx_schemas import events as ev
 from lx_schemas.envelope import Event, derived_id, utcnow
+from lx_schemas.events import RejectionCode
 
 from lx_delivery import domain, store
 from lx_delivery.settings import DeliverySettings
 
 log = get_logger(__name__)
 R = ev.DeliveryResult
-DELIVERY_ID_HEADER = "X-LeadExchange-Delivery-Id"
 # A try's lease: longer than any buyer timeout (60 s at most) plus recording its result.
 LEASE_S = 90.0
 
@@ -48,6 +55,9 @@ class DeliveryWorker:
         settings: DeliverySettings,
         metrics: Metrics,
         egress: EgressPolicy,
+        config_keys: ConfigKeys,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.db = db
         self.outbox = outbox
@@ -56,6 +66,9 @@ class DeliveryWorker:
         self.settings = settings
         self.metrics = metrics
         self.egress = egress
+        self.config_keys = config_keys
+        # Per process: each delivery process judges a buyer by what it sees itself.
+        self.breakers = Breakers(clock=clock, on_change=self._breaker_changed)
         limits = httpx.Limits(max_connections=settings.max_in_flight * 2)
         # Every connection goes through the egress policy, to the address it checked
         # (lx_platform.egress_http). Redirects are not followed: a buyer endpoint answers
@@ -134,18 +147,9 @@ class DeliveryWorker:
         async with self.db.begin() as conn:
             buyer = await store.buyer(conn, job.buyer_id)
         if buyer is None or buyer.status != ev.Status.ACTIVE:
+            code = RejectionCode.BUYER_ERROR if buyer is None else RejectionCode.BUYER_PAUSED
             reason = "buyer_unknown" if buyer is None else "buyer_paused"
-            await self._conclude(
-                job,
-                job.try_number,
-                domain.Verdict(R.ERROR, reason, False),
-                utcnow(),
-                0.0,
-                None,
-                None,
-                None,
-                None,
-            )
+            await self._conclude(job, domain.Verdict(R.ERROR, reason, False, code))
             return
         pii: dict[str, Any] = {}
         data_key: bytes | None = None
@@ -159,29 +163,75 @@ class DeliveryWorker:
                     await store.reschedule(conn, job.delivery_id, 2.0, count_try=False)
                 return
             if data_key is None:
-                await self._conclude(
-                    job,
-                    job.try_number,
-                    domain.Verdict(R.ERROR, "pii_shredded", False),
-                    utcnow(),
-                    0.0,
-                    None,
-                    None,
-                    None,
-                    None,
-                )
+                await self._conclude(job, domain.Verdict(R.ERROR, "pii_shredded", False))
                 return
             pii = open_fields(data_key, sealed)
 
-        body = domain.request_body(str(job.lead_id), str(job.delivery_id), job.lead.fields, pii)
+        try:
+            request = self._request(job, buyer, pii)
+        except (TemplateError, SecretsError) as exc:
+            # The buyer's configuration cannot make this request: nothing is sent, and
+            # trying again would build the same thing.
+            log.warning("delivery_template_error", buyer_id=str(job.buyer_id), error=str(exc))
+            reason = f"{domain.TEMPLATE_ERROR}: {exc}"
+            await self._conclude(job, domain.Verdict(R.ERROR, reason, False), data_key=data_key)
+            return
+        key = str(buyer.buyer_id)
+        if not self.breakers.allow(key, buyer.breaker):
+            # Concluded at once, unsent: routing moves on instead of waiting for a buyer
+            # that keeps failing. A half-open breaker lets one real delivery probe it.
+            verdict = domain.Verdict(
+                R.ERROR, domain.CIRCUIT_OPEN, False, RejectionCode.CIRCUIT_OPEN
+            )
+            await self._conclude(job, verdict)
+            return
+        try:
+            verdict, exchange = await self._post(job, buyer, request)
+        except BaseException:
+            self.breakers.release(key)
+            raise
+        health = domain.buyer_health(verdict, exchange.status)
+        if health is domain.BuyerHealth.UP:
+            self.breakers.success(key)
+        elif health is domain.BuyerHealth.DOWN:
+            self.breakers.failure(key, buyer.breaker)
+        else:
+            self.breakers.release(key)
+        await self._conclude(job, verdict, exchange, data_key=data_key)
+
+    def _request(
+        self, job: store.Job, buyer: ev.BuyerState, pii: dict[str, Any]
+    ) -> RenderedRequest:
+        """The buyer's request, with the platform's headers: the delivery id (also as
+        the idempotency key) and, if the buyer has a signing secret, the signature."""
+        delivery_id = str(job.delivery_id)
+        values = domain.request_values(
+            lead_id=str(job.lead_id),
+            delivery_id=delivery_id,
+            price=job.price,
+            fields=job.lead.fields,
+            pii=pii,
+            ping_id=str(job.ping_id) if job.ping_id else None,
+            bid_ref=job.bid_ref,
+        )
+        rendered = render(buyer.integration, values, keys=self.config_keys)
         headers = {
-            "content-type": "application/json",
-            DELIVERY_ID_HEADER: str(job.delivery_id),
-            "Idempotency-Key": str(job.delivery_id),
+            **rendered.headers,
+            signing.DELIVERY_ID_HEADER: delivery_id,
+            signing.IDEMPOTENCY_HEADER: delivery_id,
         }
+        if buyer.signing_secret is not None:
+            secret = self.config_keys.open(buyer.signing_secret)
+            headers.update(signing.signature_headers(secret, delivery_id, rendered.body))
+        return RenderedRequest(headers, rendered.body, rendered.content_type)
+
+    async def _post(
+        self, job: store.Job, buyer: ev.BuyerState, request: RenderedRequest
+    ) -> tuple[domain.Verdict, Exchange]:
         started_at = utcnow()
         t0 = time.perf_counter()
         status: int | None = None
+        content_type: str | None = None
         answer = b""
         peer: str | None = None
         timeout_s = buyer.timeout_ms / 1000
@@ -192,16 +242,21 @@ class DeliveryWorker:
             # trickled in byte by byte must not hold a slot (nor outlive the job's lease).
             async with asyncio.timeout(timeout_s):
                 async with self.client.stream(
-                    "POST", url, content=body, headers=headers, timeout=timeout_s
+                    "POST", url, content=request.body, headers=request.headers, timeout=timeout_s
                 ) as response:
                     status = response.status_code
+                    content_type = response.headers.get("content-type")
                     peer = _peer(response)
                     answer, truncated = await _read_capped(response, self.settings.log_limit_bytes)
-            verdict = (
-                domain.Verdict(R.ERROR, "response_too_large", False)
-                if truncated
-                else domain.read_answer(status, answer, buyer.acceptance)
-            )
+            if truncated:
+                verdict = domain.Verdict(R.ERROR, "response_too_large", False)
+            else:
+                reading = read_response(buyer.integration, status, answer, content_type)
+                verdict = domain.priced(
+                    domain.verdict_of(reading, status),
+                    routed_price=job.price,
+                    from_response=job.price_from_response,
+                )
         except EgressRefusedError as exc:
             # Not sent: the endpoint is (or now resolves to) an address the platform never
             # connects to. Final: trying again would only knock on the same door.
@@ -218,29 +273,20 @@ class DeliveryWorker:
             verdict = domain.Verdict(R.ERROR, f"transport: {type(exc).__name__}", True)
         latency_ms = (time.perf_counter() - t0) * 1000
         self.metrics.delivery_buyer_latency.labels(str(job.buyer_id)).observe(latency_ms / 1000)
-        request_doc = json.dumps(
-            {
-                "method": "POST",
-                "url": str(buyer.endpoint_url),
-                "headers": headers,
-                "body": body.decode(),
-            }
-        ).encode()
+        # Kept without credentials: the auth header never reaches the log in clear.
+        request_doc = domain.stored_request(
+            url,
+            redact_headers(request.headers, buyer.integration),
+            request.body,
+            self.settings.log_limit_bytes,
+        )
         answered: dict[str, Any] = {"status": status, "body": answer.decode(errors="replace")}
+        if content_type is not None:
+            answered["content_type"] = content_type
         if peer is not None:
             answered["remote_address"] = peer  # the address the lead was sent to
         response_doc = json.dumps(answered).encode()
-        await self._conclude(
-            job,
-            job.try_number,
-            verdict,
-            started_at,
-            latency_ms,
-            status,
-            data_key,
-            request_doc,
-            response_doc,
-        )
+        return verdict, Exchange(started_at, latency_ms, status, request_doc, response_doc)
 
     async def _record_interrupted(self, job: store.Job) -> None:
         """The previous try was cut off after it may have reached the buyer."""
@@ -259,11 +305,20 @@ class DeliveryWorker:
                     None,
                     None,
                     None,
+                    RejectionCode.BUYER_ERROR,
                 ),
             )
             await self.outbox.stage(
                 conn,
-                self._attempted(job, job.try_number - 1, verdict, None, 0.0, final=False),
+                self._attempted(
+                    job,
+                    job.try_number - 1,
+                    verdict,
+                    RejectionCode.BUYER_ERROR,
+                    None,
+                    0.0,
+                    final=False,
+                ),
                 job.lead_id,
             )
         self.relay.wake()
@@ -272,43 +327,44 @@ class DeliveryWorker:
     async def _conclude(
         self,
         job: store.Job,
-        try_number: int,
         verdict: domain.Verdict,
-        started_at: dt.datetime,
-        latency_ms: float,
-        status: int | None,
-        data_key: bytes | None,
-        request_doc: bytes | None,
-        response_doc: bytes | None,
+        exchange: Exchange | None = None,
+        *,
+        data_key: bytes | None = None,
     ) -> None:
+        try_number = job.try_number
         retry = verdict.retryable and try_number < self.settings.max_tries
         result = verdict.result
         reason = verdict.reason
         if not retry and result is R.OUTCOME_UNKNOWN:
             # Out of tries and still unknown: falls through, flagged for reconciliation.
-            result, reason = R.ERROR, f"outcome_unknown_unresolved: {reason}"
+            result, reason = R.ERROR, f"{domain.UNRESOLVED}: {reason}"
+        final = domain.Verdict(
+            result, reason, retry, verdict.reason_code, verdict.price, verdict.buyer_lead_id
+        )
+        code = domain.final_code(result, final)
+        status = exchange.status if exchange else None
+        latency_ms = exchange.latency_ms if exchange else 0.0
         key_id = job.lead.pii.key_id if job.lead.pii else None
         record = store.TryRecord(
             try_number,
-            started_at,
+            exchange.started_at if exchange else utcnow(),
             latency_ms,
             verdict.result,
             status,
             verdict.reason,
             key_id,
-            _seal(data_key, key_id, request_doc),
-            _seal(data_key, key_id, response_doc),
+            _seal(data_key, key_id, exchange.request_doc if exchange else None),
+            _seal(data_key, key_id, exchange.response_doc if exchange else None),
+            code.value if code else None,
+            final.price if result is R.ACCEPTED else None,
+            verdict.buyer_lead_id,
         )
         staged: list[tuple[Event, uuid.UUID]] = []
         async with self.db.begin() as conn:
             await store.record_try(conn, job.delivery_id, record)
             attempted = self._attempted(
-                job,
-                try_number,
-                domain.Verdict(result, reason, retry),
-                status,
-                latency_ms,
-                final=not retry,
+                job, try_number, final, code, status, latency_ms, final=not retry
             )
             staged.append((attempted, job.lead_id))
             if retry:
@@ -317,8 +373,12 @@ class DeliveryWorker:
                 )
             else:
                 await store.finish(conn, job.delivery_id, result)
-                if result is R.ACCEPTED and await store.decide_outcome(conn, job.lead_id, "sold"):
-                    staged.extend(self._sold(job, attempted))
+                if result is R.ACCEPTED and await store.record_sale(
+                    conn, job.lead_id, job.sale, job.delivery_id
+                ):
+                    # The lead's outcome is its first sale; every sale is booked.
+                    await store.decide_outcome(conn, job.lead_id, "sold")
+                    staged.extend(self._sold(job, final, attempted))
             await self.outbox.stage_many(conn, staged)  # type: ignore[arg-type]
         self.relay.wake()
         self._count(job, verdict, status)
@@ -327,6 +387,7 @@ class DeliveryWorker:
             lead_id=str(job.lead_id),
             buyer_id=str(job.buyer_id),
             result=result.value,
+            reason_code=code.value if code else None,
             reason=reason,
             try_number=try_number,
             latency_ms=round(latency_ms, 1),
@@ -334,21 +395,27 @@ class DeliveryWorker:
 
     def _count(self, job: store.Job, verdict: domain.Verdict, status: int | None) -> None:
         """One try, as recorded: counted once its transaction committed."""
-        reason = domain.reason_class(verdict.result, verdict.reason, status)
+        reason = domain.reason_class(verdict.result, verdict.reason, status, verdict.reason_code)
         self.metrics.delivery_outcomes.labels(
             str(job.buyer_id), verdict.result.value, reason.value
         ).inc()
+
+    def _breaker_changed(self, key: str, before: BreakerState, after: BreakerState) -> None:
+        self.metrics.delivery_breaker_state.labels(key).set(STATE_VALUES[after])
+        log.warning("buyer_breaker_changed", buyer_id=key, before=before.value, after=after.value)
 
     def _attempted(
         self,
         job: store.Job,
         try_number: int,
         verdict: domain.Verdict,
+        code: RejectionCode | None,
         status: int | None,
         latency_ms: float,
         *,
         final: bool,
     ) -> ev.DeliveryAttempted:
+        accepted = verdict.result is R.ACCEPTED
         return ev.DeliveryAttempted.new(
             event_id=derived_id("delivery.attempted", job.delivery_id, try_number),
             account_id=job.account_id,
@@ -367,13 +434,19 @@ class DeliveryWorker:
                 http_status=status,
                 latency_ms=latency_ms,
                 reason=verdict.reason,
-                price=job.price if verdict.result is R.ACCEPTED else None,
+                reason_code=code,
+                price=verdict.price if accepted else None,
+                buyer_lead_id=verdict.buyer_lead_id,
             ),
         )
 
-    def _sold(self, job: store.Job, cause: Event) -> list[tuple[Event, uuid.UUID]]:
+    def _sold(
+        self, job: store.Job, verdict: domain.Verdict, cause: Event
+    ) -> list[tuple[Event, uuid.UUID]]:
+        """One sale of the lead (a multi-sell lead has one per buyer that took it)."""
+        price = verdict.price if verdict.price is not None else job.price
         sold = ev.LeadSold.new(
-            event_id=derived_id("lead.sold", job.lead_id),
+            event_id=derived_id("lead.sold", job.lead_id, job.sale),
             account_id=job.account_id,
             correlation_id=job.lead_id,
             causation_id=cause.event_id,
@@ -384,11 +457,14 @@ class DeliveryWorker:
                 source_id=job.source_id,
                 buyer_id=job.buyer_id,
                 delivery_id=job.delivery_id,
-                price=job.price,
+                price=price,
+                payout=job.payout.for_price(price),
+                sale=job.sale,
+                buyer_lead_id=verdict.buyer_lead_id,
             ),
         )
         usage = ev.UsageIncremented.new(
-            event_id=derived_id("usage", ev.UsageMetric.LEADS_SOLD, job.lead_id),
+            event_id=derived_id("usage", ev.UsageMetric.LEADS_SOLD, job.lead_id, job.sale),
             account_id=job.account_id,
             correlation_id=job.lead_id,
             causation_id=sold.event_id,
@@ -398,6 +474,17 @@ class DeliveryWorker:
             ),
         )
         return [(sold, job.lead_id), (usage, job.account_id)]
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """A try that went out: when, how long, the status, and its log (not yet sealed)."""
+
+    started_at: dt.datetime
+    latency_ms: float
+    status: int | None
+    request_doc: bytes
+    response_doc: bytes
 
 
 def _seal(key: bytes | None, key_id: uuid.UUID | None, doc: bytes | None) -> bytes | None:

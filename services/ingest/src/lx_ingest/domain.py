@@ -1,5 +1,7 @@
 """Ingest's pure rules: normalising a posted lead against its campaign's fields, the
-keys of its duplicate check, and what an ``Idempotency-Key`` that was seen before means.
+keys of its duplicate check, what an ``Idempotency-Key`` that was seen before means, the
+source's controls (client address, rate and cap periods) and the words a source reads
+about its lead's fate.
 
 Every problem is reported with the field's name and a machine-readable code; the
 caller gets all of them at once, not the first one.
@@ -10,7 +12,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import ipaddress
 import json
+import math
 import re
 import unicodedata
 import uuid
@@ -29,7 +33,11 @@ from lx_schemas.events import (
     FieldSpec,
     FieldType,
     FieldValue,
+    Rejection,
+    RejectionCode,
 )
+from lx_schemas.rules import SourceCapPeriod
+from pydantic import HttpUrl, TypeAdapter, ValidationError
 
 US_STATES = frozenset(
     [
@@ -92,6 +100,13 @@ US_STATES = frozenset(
     ]
 )
 _ZIP = re.compile(r"^(\d{5})(?:-?\d{4})?$")
+# pydantic-core's URL parser (the WHATWG rules browsers follow): lower-cases the scheme
+# and host, encodes an international name as punycode, percent-encodes the path.
+_HTTP_URL: TypeAdapter[HttpUrl] = TypeAdapter(HttpUrl)
+# A TrustedForm certificate: https://cert.trustedform.com/<40 hex digits>.
+_TRUSTEDFORM = re.compile(r"^https?://cert\.trustedform\.com/([0-9a-f]{40})/?$", re.IGNORECASE)
+# A Jornaya LeadiD token: 36 characters shaped like a UUID (not necessarily an RFC one).
+_LEADID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 _TRUE = {"true", "yes", "y", "1", "on"}
 _FALSE = {"false", "no", "n", "0", "off"}
 
@@ -187,7 +202,45 @@ def _normalise(spec: FieldSpec, value: Any) -> FieldValue:
         if match:
             return match.group(1)
         raise Invalid("invalid_zip", "expected a 5-digit ZIP code")
+    if t is FieldType.IP:
+        try:
+            return str(ipaddress.ip_address(text))  # the compressed form
+        except ValueError:
+            raise Invalid("invalid_ip", "expected an IPv4 or IPv6 address") from None
+    if t is FieldType.URL:
+        return _url(spec, text)
+    if t is FieldType.CONSENT:
+        return _consent(text)
     raise Invalid("unsupported_type", f"field type {t} is not supported")  # pragma: no cover
+
+
+def _url(spec: FieldSpec, text: str) -> str:
+    try:
+        url = _HTTP_URL.validate_python(text)
+    except ValidationError:
+        raise Invalid("invalid_url", "expected an http or https URL with a host") from None
+    if not url.host:
+        raise Invalid("invalid_url", "expected an http or https URL with a host")
+    if url.username or url.password:
+        raise Invalid("invalid_url", "a URL must not carry a user name or password")
+    normalised = str(url)
+    if len(normalised) > spec.max_length:  # punycode and escapes may lengthen it
+        raise Invalid("too_long", f"longer than {spec.max_length} characters once normalised")
+    return normalised
+
+
+def _consent(text: str) -> str:
+    """A TrustedForm certificate URL (normalised to https and lower-case hex) or a
+    Jornaya LeadiD token (upper case, as Jornaya prints them)."""
+    if match := _TRUSTEDFORM.match(text):
+        return f"https://cert.trustedform.com/{match.group(1).lower()}"
+    if _LEADID.match(text):
+        return text.upper()
+    raise Invalid(
+        "invalid_consent",
+        "expected a TrustedForm certificate URL (https://cert.trustedform.com/<40 hex>)"
+        " or a Jornaya LeadiD token",
+    )
 
 
 def normalise_lead(
@@ -314,9 +367,10 @@ def remembers(status_code: int) -> bool:
     rejected before it (400, 401, 403, 413) changed nothing and may be sent again once
     fixed. From there on, an answer that decides the lead (202; 422 for invalid fields
     or a duplicate) is kept, as Stripe keeps its 4xx; a 5xx is not, so that a retry
-    can succeed.
+    can succeed. Nor is a 429 (a source cap): it says "not now", and the retry after
+    its Retry-After must be decided afresh.
     """
-    return 200 <= status_code < 500
+    return 200 <= status_code < 500 and status_code != 429
 
 
 class KeyVerdict(StrEnum):
@@ -349,3 +403,189 @@ def judge_key(
     if stored.lease_until is not None and stored.lease_until > now:
         return KeyVerdict.IN_FLIGHT
     return KeyVerdict.TAKE_OVER
+
+
+# --- pings ----------------------------------------------------------------------------------
+
+
+def normalise_ping(
+    specs: Sequence[FieldSpec], data: Mapping[str, Any]
+) -> tuple[NormalisedLead | None, list[FieldError]]:
+    """A ping carries the lead's non-PII fields only: a PII field sent anyway is refused
+    (``pii_in_ping``, naming it) rather than dropped, so the source learns to leave it
+    out; the non-PII fields are checked and normalised as a post's would be."""
+    pii = [
+        FieldError(
+            s.name, "pii_in_ping", "personal data has no place in a ping; send it with the post"
+        )
+        for s in specs
+        if s.pii and data.get(s.name) is not None
+    ]
+    if pii:
+        return None, pii
+    return normalise_lead([s for s in specs if not s.pii], data)
+
+
+# --- source controls ------------------------------------------------------------------------
+
+
+def client_address(
+    peer: str | None,
+    forwarded_for: Sequence[str],
+    trusted_proxies: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> str | None:
+    """The address a request came from: the connection's peer, unless that peer is a
+    proxy we trust, in which case ``X-Forwarded-For`` is read from the right, skipping
+    our own proxies, and the first other address is the client. Entries left of it were
+    written by the client itself and prove nothing. ``forwarded_for``: every value of
+    the header, in order (a proxy may add its own header line instead of appending)."""
+
+    def trusted(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip.version == net.version and ip in net for net in trusted_proxies)
+
+    if peer is None or not trusted(peer):
+        return peer
+    hops = [h.strip() for value in forwarded_for for h in value.split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not trusted(hop):
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return None  # garbage where an address should be: allowed by no list
+    return hops[0] if hops else peer
+
+
+@dataclass(frozen=True)
+class RateWindow:
+    """A rate of ``rate_per_s`` with a burst, as the ``limits`` library counts it: at most
+    ``amount`` requests in any moving window of ``seconds`` (whole seconds)."""
+
+    amount: int
+    seconds: int
+
+
+def rate_window(rate_per_s: float, burst: int | None = None) -> RateWindow:
+    """``burst`` requests at once (the rate rounded up when none is set), then on
+    average ``rate_per_s``: a window of ``burst / rate`` seconds, rounded up to the whole
+    second ``limits`` counts in (so the average may come out slightly below the rate,
+    never above it)."""
+    amount = burst if burst is not None else max(1, math.ceil(rate_per_s))
+    return RateWindow(amount=amount, seconds=max(1, math.ceil(amount / rate_per_s)))
+
+
+def retry_after_s(seconds: float) -> int:
+    """A ``Retry-After`` value: whole seconds, rounded up, at least one."""
+    return max(1, math.ceil(seconds))
+
+
+def cap_period(period: SourceCapPeriod, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    """The UTC calendar period holding ``now``: its start (inclusive) and end."""
+    now = now.astimezone(dt.UTC)
+    if period is SourceCapPeriod.HOUR:
+        start = now.replace(minute=0, second=0, microsecond=0)
+        return start, start + dt.timedelta(hours=1)
+    if period is SourceCapPeriod.DAY:
+        start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        return start, start + dt.timedelta(days=1)
+    start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    following = (
+        start.replace(year=start.year + 1, month=1)
+        if start.month == 12
+        else (start.replace(month=start.month + 1))
+    )
+    return start, following
+
+
+# --- why a lead was refused, or not sold: words for the source ------------------------------
+
+# What a field error means, in words that never quote the value (events carry these).
+_FIELD_ERROR_WORDS = {
+    "required": "is required",
+    "unknown_field": "is not a field of this campaign",
+    "wrong_type": "has the wrong type",
+    "too_long": "is too long",
+    "invalid_email": "is not a valid e-mail address",
+    "invalid_phone": "is not a valid phone number",
+    "invalid_date": "is not a date (YYYY-MM-DD)",
+    "not_an_option": "is not one of the field's options",
+    "invalid_state": "is not a US state code",
+    "invalid_zip": "is not a 5-digit ZIP code",
+    "invalid_ip": "is not an IP address",
+    "invalid_url": "is not an http or https URL",
+    "invalid_consent": "is not a TrustedForm certificate URL or Jornaya LeadiD token",
+    "pii_in_ping": "is personal data, which a ping must not carry",
+}
+_FIELD_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+MAX_REJECTIONS = 200  # LeadRejected's bound
+
+
+def field_rejections(errors: Sequence[FieldError]) -> tuple[Rejection, ...]:
+    """Field errors as rejections fit for an event: no value is ever quoted (an error's
+    own text may, e.g. an e-mail's domain), and an unknown field is named only if its
+    name looks like a field's (a key is the source's free text: it could hold PII)."""
+    rejections = []
+    for error in errors[:MAX_REJECTIONS]:
+        named = _FIELD_NAME.match(error.field) is not None
+        words = _FIELD_ERROR_WORDS.get(error.code, f"failed validation ({error.code})")
+        rejections.append(
+            Rejection(
+                code=RejectionCode.VALIDATION,
+                detail=f"{error.field if named else 'a field'} {words} [{error.code}]",
+                field=error.field if named else None,
+            )
+        )
+    return tuple(rejections)
+
+
+# How a buyer's reason reads to a source: never the buyer's name, nor its own words.
+_BUYER_WORDS = {
+    RejectionCode.FILTER: "filtered out",
+    RejectionCode.SCHEDULE_CLOSED: "closed at this hour",
+    RejectionCode.BUYER_CAP: "at their cap",
+    RejectionCode.BUYER_BUDGET: "out of budget",
+    RejectionCode.BUYER_PAUSED: "paused",
+    RejectionCode.BUYER_DUPLICATE: "already had this consumer",
+    RejectionCode.ALREADY_SOLD_TO_BUYER: "already bought this lead",
+    RejectionCode.PRICE_BELOW_PAYOUT: "priced below the payout",
+    RejectionCode.PRICE_BELOW_FLOOR: "bid below the floor",
+    RejectionCode.CIRCUIT_OPEN: "temporarily unavailable",
+    RejectionCode.NO_FUNDS: "out of funds",
+    RejectionCode.BUYER_REJECTED: "rejected it",
+    RejectionCode.BUYER_ERROR: "failed to answer",
+    RejectionCode.OUTCOME_UNKNOWN_UNRESOLVED: "gave no usable answer",
+}
+
+
+def buyer_words(code: str) -> str:
+    try:
+        return _BUYER_WORDS.get(RejectionCode(code), code.replace("_", " "))
+    except ValueError:
+        return code.replace("_", " ")
+
+
+def count_codes(codes: Sequence[str]) -> list[tuple[str, int]]:
+    """Codes with how often each came, most frequent first (then alphabetical)."""
+    counts: dict[str, int] = {}
+    for code in codes:
+        counts[code] = counts.get(code, 0) + 1
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+
+
+def unsold_detail(codes: Sequence[str]) -> str:
+    """``no buyer accepted: 2 filtered out, 1 rejected it``: how many buyers fell for
+    each reason, without saying which buyers."""
+    if not codes:
+        return "no buyer was available for this lead"
+    parts = ", ".join(f"{n} {buyer_words(code)}" for code, n in count_codes(codes))
+    return f"no buyer accepted: {parts}"
+
+
+def sold_detail(sales: int, returns: int) -> str:
+    sold = f"sold to {sales} buyer{'s' if sales != 1 else ''}"
+    if returns:
+        sold += f"; {returns} sale{'s' if returns != 1 else ''} returned"
+    return sold

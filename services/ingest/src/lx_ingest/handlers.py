@@ -1,7 +1,9 @@
-"""Ingest's consumers: configuration it needs, and the outcomes sources ask about."""
+"""Ingest's consumers: configuration it needs (``config.changed``), and the outcomes
+sources ask about (``delivery.outcome``)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,7 +15,9 @@ from lx_ingest import store
 
 
 async def handle(conn: AsyncConnection, batch: Sequence[Consumed]) -> None:
-    outcomes: list[dict[str, Any]] = []
+    sales: list[dict[str, Any]] = []
+    unsold: list[dict[str, Any]] = []
+    returns: list[dict[str, Any]] = []
     for item in batch:
         event = item.event
         if isinstance(event, ev.CampaignConfigured):
@@ -21,21 +25,34 @@ async def handle(conn: AsyncConnection, batch: Sequence[Consumed]) -> None:
         elif isinstance(event, ev.SourceConfigured):
             await store.upsert_source(conn, event.payload)
         elif isinstance(event, ev.LeadSold):
-            outcomes.append(
+            sale = event.payload
+            sales.append(
                 {
-                    "lead_id": event.payload.lead_id,
-                    "status": "sold",
+                    "lead_id": sale.lead_id,
                     "at": event.occurred_at,
-                    "reason": None,
+                    "payout": None if sale.payout is None else str(sale.payout),
                 }
             )
         elif isinstance(event, ev.LeadUnsold):
-            outcomes.append(
+            ended = event.payload
+            # Only the codes: the buyers' ids and their own words stay with the operator
+            # (the admin trace); the source is told how many buyers fell for what.
+            unsold.append(
                 {
-                    "lead_id": event.payload.lead_id,
-                    "status": "unsold",
+                    "lead_id": ended.lead_id,
                     "at": event.occurred_at,
-                    "reason": event.payload.reason.value,
+                    "reason": ended.reason.value,
+                    "codes": json.dumps([r.code.value for r in ended.rejections]),
                 }
             )
-    await store.record_outcomes(conn, outcomes)
+        elif isinstance(event, ev.LeadReturned):
+            returned = event.payload
+            payout = returned.payout
+            returns.append(
+                {"lead_id": returned.lead_id, "payout": None if payout is None else str(payout)}
+            )
+    # One statement per kind, in this order: a batch holding a sale and the lead's
+    # later unsold (multi-sell) leaves it sold.
+    await store.record_sales(conn, sales)
+    await store.record_unsold(conn, unsold)
+    await store.record_returns(conn, returns)

@@ -5,7 +5,8 @@ from lx_platform.crypto import KeyWrapper
 from lx_platform.runtime import build_runtime, create_app
 from lx_schemas import topics
 
-from lx_ingest import api, handlers, store
+from lx_ingest import api, handlers, pings, store
+from lx_ingest.ratelimit import SourceRateLimiter
 from lx_ingest.retention import Pruner
 from lx_ingest.settings import IngestSettings
 
@@ -14,6 +15,7 @@ def create_service(settings: IngestSettings | None = None) -> FastAPI:
     settings = settings or IngestSettings()
     rt = build_runtime("ingest", settings, migrations=["lx_ingest"])
     rt.extras["vault"] = store.KeyVault(KeyWrapper(*settings.keks()))
+    rt.extras["limiter"] = SourceRateLimiter()  # in memory, per replica (see ratelimit)
     pruner = Pruner(rt.db, settings)
     rt.on_start.append(pruner.start)
     rt.on_stop.append(pruner.stop)
@@ -28,5 +30,6 @@ def create_service(settings: IngestSettings | None = None) -> FastAPI:
         description="Traffic sources post leads here with their API key.",
     )
     app.include_router(api.router)
+    app.include_router(pings.router)
     app.include_router(api.internal)
     return app

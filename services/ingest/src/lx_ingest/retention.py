@@ -1,5 +1,6 @@
-"""Deleting what ingest keeps only for a while: expired idempotency keys and duplicate-
-index entries whose window has passed.
+"""Deleting what ingest keeps only for a while: expired idempotency keys, duplicate-
+index entries whose window has passed, cap counters of past periods and refused posts
+older than ``rejected_retention_days``.
 
 Expiry is decided on read (an expired key or entry counts as absent), so how late the
 pruner runs never changes an answer, only how much the tables hold. It deletes in
@@ -27,10 +28,15 @@ MAX_BATCHES_PER_ROUND = 50
 
 
 async def prune_once(db: Database, settings: IngestSettings) -> dict[str, int]:
-    """One round over both tables; returns how many rows each lost."""
+    """One round over every table; returns how many rows each lost."""
     batch = settings.prune_batch_rows
     ttl = dt.timedelta(hours=settings.idempotency_ttl_hours)
-    deleted = {"idempotency_keys": 0, "dedupe_index": 0}
+    deleted = {
+        "idempotency_keys": 0,
+        "dedupe_index": 0,
+        "source_cap_counters": 0,
+        "rejected_leads": 0,
+    }
     for _ in range(MAX_BATCHES_PER_ROUND):
         now = utcnow()
         async with db.begin() as conn:
@@ -44,6 +50,21 @@ async def prune_once(db: Database, settings: IngestSettings) -> dict[str, int]:
         async with db.begin() as conn:
             n = await store.prune_dedupe_index(conn, now=utcnow(), limit=batch)
         deleted["dedupe_index"] += n
+        if n < batch:
+            break
+    # A month began at most 31 days ago: older counters count nothing any more.
+    counters_before = utcnow() - dt.timedelta(days=32)
+    rejected_before = utcnow() - dt.timedelta(days=settings.rejected_retention_days)
+    for _ in range(MAX_BATCHES_PER_ROUND):
+        async with db.begin() as conn:
+            n = await store.prune_cap_counters(conn, before=counters_before, limit=batch)
+        deleted["source_cap_counters"] += n
+        if n < batch:
+            break
+    for _ in range(MAX_BATCHES_PER_ROUND):
+        async with db.begin() as conn:
+            n = await store.prune_rejected_leads(conn, before=rejected_before, limit=batch)
+        deleted["rejected_leads"] += n
         if n < batch:
             break
     return deleted

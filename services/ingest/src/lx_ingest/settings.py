@@ -1,8 +1,9 @@
 import base64
+from typing import Annotated, Any
 
 from lx_platform.settings import ServiceSettings
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 # Development-only key-encryption key; production refuses it.
 DEV_KEK = base64.b64encode(b"lx-development-kek-not-a-secret!").decode()
@@ -30,6 +31,23 @@ class IngestSettings(ServiceSettings):
     # Expired idempotency keys and duplicate-index entries are deleted in batches.
     prune_interval_s: float = Field(300.0, gt=0)
     prune_batch_rows: int = Field(1_000, ge=1)
+    # Refused posts stay this long for their source's "why?" (GET /v1/leads/{id}).
+    rejected_retention_days: int = Field(30, ge=1)
+    # Proxies (load balancers) whose X-Forwarded-For is believed, comma-separated CIDRs.
+    # Empty: the connection's own peer is the client, whatever the header says.
+    trusted_proxies: Annotated[tuple[IPvAnyNetwork, ...], NoDecode] = ()
+    # A ping waits for the campaign's auction_ms plus this much (the auction service's
+    # own work and the network); past it the source gets 503 auction_unavailable.
+    auction_margin_ms: int = Field(500, ge=0, le=10_000)
+    # How long a claim of a ping (at its post) may take.
+    auction_claim_timeout_s: float = Field(2.0, gt=0)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
     @model_validator(mode="after")
     def _refuse_the_development_hash_key_in_production(self) -> "IngestSettings":

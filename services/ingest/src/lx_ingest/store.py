@@ -1,5 +1,5 @@
-"""Ingest's tables: config read models, the PII key vault, lead status, the duplicate
-index and idempotency keys."""
+"""Ingest's tables: config read models, the PII key vault, lead status (accepted and
+refused), the duplicate index, source cap counters and idempotency keys."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import datetime as dt
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lx_platform.crypto import KeyWrapper, new_data_key
-from lx_schemas.events import CampaignState, DedupeRule, FieldSpec, SourceState
+from lx_schemas.events import CampaignState, DedupeRule, FieldSpec, Rejection, SourceState
+from lx_schemas.rules import PingPost, SourceCap, SourceCapPeriod, SourceControls
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -27,6 +28,8 @@ class SourceContext:
     campaign_status: str | None
     fields: tuple[FieldSpec, ...]
     dedupe: DedupeRule | None = None
+    controls: SourceControls = field(default_factory=SourceControls)
+    ping_post: PingPost = field(default_factory=PingPost)
 
 
 async def source_by_key_hash(conn: AsyncConnection, key_sha256: str) -> SourceContext | None:
@@ -34,7 +37,7 @@ async def source_by_key_hash(conn: AsyncConnection, key_sha256: str) -> SourceCo
         await conn.execute(
             text(
                 "select s.source_id, s.account_id, s.campaign_id, s.status as source_status,"
-                " c.status as campaign_status, c.fields, c.dedupe"
+                " s.controls, c.status as campaign_status, c.fields, c.dedupe, c.ping_post"
                 " from sources s left join campaigns c using (campaign_id)"
                 " where s.api_key_sha256 = :h"
             ),
@@ -52,17 +55,19 @@ async def source_by_key_hash(conn: AsyncConnection, key_sha256: str) -> SourceCo
         row.campaign_status,
         fields,
         DedupeRule.model_validate(row.dedupe) if row.dedupe else None,
+        SourceControls.model_validate(row.controls or {}),
+        PingPost.model_validate(row.ping_post) if row.ping_post else PingPost(),
     )
 
 
 async def upsert_campaign(conn: AsyncConnection, c: CampaignState) -> None:
     await conn.execute(
         text(
-            "insert into campaigns (campaign_id, account_id, status, fields, dedupe)"
-            " values (:id, :a, :s, cast(:f as jsonb), cast(:d as jsonb))"
+            "insert into campaigns (campaign_id, account_id, status, fields, dedupe, ping_post)"
+            " values (:id, :a, :s, cast(:f as jsonb), cast(:d as jsonb), cast(:p as jsonb))"
             " on conflict (campaign_id) do update"
             " set account_id = excluded.account_id, status = excluded.status,"
-            " fields = excluded.fields, dedupe = excluded.dedupe"
+            " fields = excluded.fields, dedupe = excluded.dedupe, ping_post = excluded.ping_post"
         ),
         {
             "id": c.campaign_id,
@@ -70,6 +75,7 @@ async def upsert_campaign(conn: AsyncConnection, c: CampaignState) -> None:
             "s": c.status,
             "f": json.dumps([f.model_dump(mode="json") for f in c.fields]),
             "d": c.dedupe.model_dump_json() if c.dedupe else None,
+            "p": c.ping_post.model_dump_json(),
         },
     )
 
@@ -77,10 +83,12 @@ async def upsert_campaign(conn: AsyncConnection, c: CampaignState) -> None:
 async def upsert_source(conn: AsyncConnection, s: SourceState) -> None:
     await conn.execute(
         text(
-            "insert into sources (source_id, account_id, campaign_id, status, api_key_sha256)"
-            " values (:id, :a, :c, :s, :h) on conflict (source_id) do update"
+            "insert into sources"
+            " (source_id, account_id, campaign_id, status, api_key_sha256, controls)"
+            " values (:id, :a, :c, :s, :h, cast(:ctl as jsonb)) on conflict (source_id) do update"
             " set account_id = excluded.account_id, campaign_id = excluded.campaign_id,"
-            " status = excluded.status, api_key_sha256 = excluded.api_key_sha256"
+            " status = excluded.status, api_key_sha256 = excluded.api_key_sha256,"
+            " controls = excluded.controls"
         ),
         {
             "id": s.source_id,
@@ -88,6 +96,7 @@ async def upsert_source(conn: AsyncConnection, s: SourceState) -> None:
             "c": s.campaign_id,
             "s": s.status,
             "h": s.api_key_sha256,
+            "ctl": s.controls.model_dump_json(),
         },
     )
 
@@ -118,13 +127,18 @@ class KeyVault:
 
 
 async def insert_lead(
-    conn: AsyncConnection, lead_id: uuid.UUID, ctx: SourceContext, received_at: dt.datetime
-) -> None:
-    # "do nothing": a retry taking over an idempotency key may find its lead already here.
-    await conn.execute(
+    conn: AsyncConnection,
+    lead_id: uuid.UUID,
+    ctx: SourceContext,
+    received_at: dt.datetime,
+    ping_id: uuid.UUID | None = None,
+) -> bool:
+    """Insert the lead's status row; False if it was there already (a retry taking over
+    an idempotency key may find its lead stored by the request that died)."""
+    inserted = await conn.scalar(
         text(
-            "insert into leads (lead_id, source_id, campaign_id, account_id, received_at)"
-            " values (:l, :s, :c, :a, :r) on conflict (lead_id) do nothing"
+            "insert into leads (lead_id, source_id, campaign_id, account_id, received_at, ping_id)"
+            " values (:l, :s, :c, :a, :r, :p) on conflict (lead_id) do nothing returning true"
         ),
         {
             "l": lead_id,
@@ -132,24 +146,129 @@ async def insert_lead(
             "c": ctx.campaign_id,
             "a": ctx.account_id,
             "r": received_at,
+            "p": ping_id,
         },
     )
+    return bool(inserted)
 
 
-async def forget_lead(conn: AsyncConnection, lead_id: uuid.UUID) -> None:
-    """Undo an accepted-but-unpublished lead: nothing stays of a request that failed."""
+@dataclass(frozen=True)
+class CapTaken:
+    """One unit of a source's cap counter, taken by a lead (and given back if undone)."""
+
+    period: SourceCapPeriod
+    period_start: dt.datetime
+
+
+@dataclass(frozen=True)
+class CapFull:
+    period: SourceCapPeriod
+    max_leads: int
+    period_end: dt.datetime
+
+
+async def take_caps(
+    conn: AsyncConnection, source_id: uuid.UUID, caps: Sequence[SourceCap], now: dt.datetime
+) -> tuple[list[CapTaken], list[CapFull]]:
+    """Count the lead against each of the source's caps; return what it took and which
+    caps were full. The caller rolls back its whole transaction when any was full.
+
+    Exact under any concurrency, like the duplicate check: the check is the write.
+    ``INSERT ... ON CONFLICT DO UPDATE ... WHERE count < max`` locks the period's row; a
+    concurrent post waits on it and then evaluates the condition against the committed
+    count. Counters are taken in one order (hour, day, month), after the duplicate
+    index, so two posts never wait on each other in a cycle. Every cap is tried even
+    after a full one, so the answer can name the latest moment to retry.
+    """
+    order = list(SourceCapPeriod)
+    taken: list[CapTaken] = []
+    full: list[CapFull] = []
+    for cap in sorted(caps, key=lambda c: order.index(c.period)):
+        start, end = domain.cap_period(cap.period, now)
+        won = await conn.scalar(
+            text(
+                "insert into source_cap_counters as c (source_id, period, period_start, count)"
+                " values (:s, :p, :start, 1)"
+                " on conflict (source_id, period, period_start) do update"
+                " set count = c.count + 1 where c.count < :max returning true"
+            ),
+            {"s": source_id, "p": cap.period.value, "start": start, "max": cap.max_leads},
+        )
+        if won:
+            taken.append(CapTaken(cap.period, start))
+        else:
+            full.append(CapFull(cap.period, cap.max_leads, end))
+    return taken, full
+
+
+async def forget_lead(
+    conn: AsyncConnection,
+    lead_id: uuid.UUID,
+    source_id: uuid.UUID | None = None,
+    caps: Sequence[CapTaken] = (),
+) -> None:
+    """Undo an accepted-but-unpublished lead: nothing stays of a request that failed,
+    and the cap units it took are given back."""
     await conn.execute(text("delete from leads where lead_id = :l"), {"l": lead_id})
     await conn.execute(text("delete from lead_keys where key_id = :l"), {"l": lead_id})
     await conn.execute(text("delete from dedupe_index where lead_id = :l"), {"l": lead_id})
+    for cap in caps:
+        await conn.execute(
+            text(
+                "update source_cap_counters set count = count - 1"
+                " where source_id = :s and period = :p and period_start = :start and count > 0"
+            ),
+            {"s": source_id, "p": cap.period.value, "start": cap.period_start},
+        )
+
+
+async def record_rejection(
+    conn: AsyncConnection,
+    *,
+    lead_id: uuid.UUID,
+    ctx: SourceContext,
+    refused_at: dt.datetime,
+    http_status: int,
+    code: str,
+    rejections: Sequence[Rejection],
+    ping_id: uuid.UUID | None,
+) -> None:
+    await conn.execute(
+        text(
+            "insert into rejected_leads (lead_id, source_id, campaign_id, account_id,"
+            " refused_at, http_status, code, rejections, ping_id)"
+            " values (:l, :s, :c, :a, :at, :status, :code, cast(:r as jsonb), :p)"
+            " on conflict (lead_id) do nothing"
+        ),
+        {
+            "l": lead_id,
+            "s": ctx.source_id,
+            "c": ctx.campaign_id,
+            "a": ctx.account_id,
+            "at": refused_at,
+            "status": http_status,
+            "code": code,
+            "r": json.dumps([r.model_dump(mode="json", exclude={"buyer_id"}) for r in rejections]),
+            "p": ping_id,
+        },
+    )
 
 
 async def lead_status(
     conn: AsyncConnection, lead_id: uuid.UUID, source_id: uuid.UUID
 ) -> dict[str, Any] | None:
+    """One of the source's leads as stored: accepted (``kind`` "lead") or refused
+    (``kind`` "rejected")."""
     row = (
         await conn.execute(
             text(
-                "select lead_id, status, received_at, outcome_at, reason from leads"
+                "select 'lead' as kind, lead_id, status, received_at, outcome_at, reason,"
+                " sales, returns, payout, rejection_codes, ping_id,"
+                " null::text as code, null::jsonb as rejections from leads"
+                " where lead_id = :l and source_id = :s"
+                " union all"
+                " select 'rejected', lead_id, 'rejected', refused_at, refused_at, null,"
+                " 0, 0, null, null, ping_id, code, rejections from rejected_leads"
                 " where lead_id = :l and source_id = :s"
             ),
             {"l": lead_id, "s": source_id},
@@ -158,14 +277,46 @@ async def lead_status(
     return dict(row._mapping) if row else None
 
 
-async def record_outcomes(conn: AsyncConnection, outcomes: Sequence[dict[str, Any]]) -> None:
-    if outcomes:
+async def record_sales(conn: AsyncConnection, sales: Sequence[dict[str, Any]]) -> None:
+    """Each sale once (the consumer dedupes events): a lead sold stays sold."""
+    if sales:
         await conn.execute(
             text(
-                "update leads set status = :status, outcome_at = :at, reason = :reason"
+                "update leads set status = 'sold', outcome_at = coalesce(outcome_at, :at),"
+                " reason = null, sales = sales + 1,"
+                " payout = case when cast(:payout as numeric) is null then payout"
+                " else coalesce(payout, 0) + cast(:payout as numeric) end"
                 " where lead_id = :lead_id"
             ),
-            outcomes,
+            sales,
+        )
+
+
+async def record_unsold(conn: AsyncConnection, unsold: Sequence[dict[str, Any]]) -> None:
+    """No (further) buyer: unsold, unless an earlier sale made it sold (multi-sell)."""
+    if unsold:
+        await conn.execute(
+            text(
+                "update leads set rejection_codes = cast(:codes as jsonb),"
+                " status = case when sales > 0 then status else 'unsold' end,"
+                " outcome_at = case when sales > 0 then outcome_at else :at end,"
+                " reason = case when sales > 0 then reason else :reason end"
+                " where lead_id = :lead_id"
+            ),
+            unsold,
+        )
+
+
+async def record_returns(conn: AsyncConnection, returns: Sequence[dict[str, Any]]) -> None:
+    if returns:
+        await conn.execute(
+            text(
+                "update leads set returns = returns + 1,"
+                " payout = case when cast(:payout as numeric) is null then payout"
+                " else payout - cast(:payout as numeric) end"
+                " where lead_id = :lead_id"
+            ),
+            returns,
         )
 
 
@@ -410,6 +561,31 @@ async def prune_idempotency_keys(
             " limit :n for update skip locked))"
         ),
         {"before": created_before, "now": now, "n": limit},
+    )
+    return int(result.rowcount)
+
+
+async def prune_cap_counters(conn: AsyncConnection, *, before: dt.datetime, limit: int) -> int:
+    """Delete up to ``limit`` counters of periods that began before ``before``."""
+    result = await conn.execute(
+        text(
+            "delete from source_cap_counters where ctid = any(array("
+            " select ctid from source_cap_counters where period_start < :before"
+            " limit :n for update skip locked))"
+        ),
+        {"before": before, "n": limit},
+    )
+    return int(result.rowcount)
+
+
+async def prune_rejected_leads(conn: AsyncConnection, *, before: dt.datetime, limit: int) -> int:
+    result = await conn.execute(
+        text(
+            "delete from rejected_leads where ctid = any(array("
+            " select ctid from rejected_leads where refused_at < :before"
+            " limit :n for update skip locked))"
+        ),
+        {"before": before, "n": limit},
     )
     return int(result.rowcount)
 

@@ -1,0 +1,102 @@
+"""The machine's own limits, measured in the same run as the platform's figures.
+
+- a raw aiokafka producer (acks=all, idempotent, as the services produce) and consumer,
+  on messages the size of a ``LeadReceived``;
+- a raw PostgreSQL ``COPY`` of rows shaped like a projection's.
+
+Every platform figure in the bench report is printed next to these, as a ratio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+
+import psycopg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from lx_devstack.infra import Infra
+
+MESSAGE_BYTES = 900  # about one LeadReceived with sealed PII
+
+
+async def kafka_limits(infra: Infra, messages: int) -> dict[str, float]:
+    topic = f"bench-raw-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=12, replication_factor=1)])
+        payload = os.urandom(MESSAGE_BYTES // 2).hex().encode()[:MESSAGE_BYTES]
+        producer = AIOKafkaProducer(
+            bootstrap_servers=infra.kafka_bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=2,
+        )
+        await producer.start()
+        started = time.perf_counter()
+        try:
+            for start in range(0, messages, 2_000):
+                futures = [
+                    await producer.send(topic, payload, key=uuid.uuid4().bytes)
+                    for _ in range(min(2_000, messages - start))
+                ]
+                await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+        produce_s = time.perf_counter() - started
+
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=infra.kafka_bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        await consumer.start()
+        seen = 0
+        started = time.perf_counter()
+        try:
+            while seen < messages:
+                batch = await consumer.getmany(timeout_ms=1_000, max_records=5_000)
+                seen += sum(len(records) for records in batch.values())
+        finally:
+            await consumer.stop()
+        consume_s = time.perf_counter() - started
+    finally:
+        await admin.delete_topics([topic])
+        await admin.close()
+    return {
+        "kafka_produce_msgs_per_s": messages / produce_s,
+        "kafka_consume_msgs_per_s": messages / consume_s,
+        "kafka_messages": float(messages),
+        "kafka_message_bytes": float(MESSAGE_BYTES),
+    }
+
+
+def copy_limit(infra: Infra, rows: int) -> dict[str, float]:
+    """COPY of rows shaped like billing's ledger entries into a plain (logged) table,
+    as the projections write."""
+    database = f"bench_raw_{uuid.uuid4().hex[:8]}"
+    infra.create_database(database)
+    dsn = infra.dsn(database).replace("postgresql+psycopg://", "postgresql://")
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                "create table entries (txn_id uuid, account_id uuid, lead_id uuid,"
+                " amount numeric(14,2), occurred_at timestamptz, kind text)"
+            )
+            account = uuid.uuid4()
+            started = time.perf_counter()
+            with conn.cursor() as cur, cur.copy("copy entries from stdin") as copy:
+                for n in range(rows):
+                    copy.write_row(
+                        (uuid.uuid4(), account, uuid.uuid4(), f"{n % 97}.50", "2026-11-01", "sale")
+                    )
+            elapsed = time.perf_counter() - started
+    finally:
+        infra.drop_database(database)
+    return {"pg_copy_rows_per_s": rows / elapsed, "pg_copy_rows": float(rows)}
