@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 from aiokafka import ConsumerRecord
+from lx_admin.domain import redact_secrets
 from lx_admin.main import create_service
 from lx_admin.settings import AdminSettings
 from lx_devstack.infra import Infra
@@ -26,6 +27,7 @@ from lx_platform.runtime import Runtime
 from lx_platform.settings import PlatformSettings
 from lx_schemas import Event, decode_event
 from lx_schemas import events as ev
+from lx_schemas.rules import Payout
 from lx_schemas.topics import CONFIG_CHANGED
 from sqlalchemy import text
 
@@ -106,6 +108,16 @@ def keyed(records: list[ConsumerRecord[Any, Any]], key: str) -> list[Event]:
     return [decode_event(r.value) for r in records if r.key == key.encode()]
 
 
+def shown(state: Any) -> Any:
+    """A published state as the API shows it: sealed secrets by their key id only."""
+    return redact_secrets(state.model_dump(mode="json"))
+
+
+def view(created: dict[str, Any]) -> dict[str, Any]:
+    """A created buyer as later answers show it: without the secret shown once."""
+    return {k: v for k, v in created.items() if k != "signing_secret_value"}
+
+
 async def make_campaign(admin: Service) -> tuple[dict[str, Any], dict[str, Any]]:
     account = await admin.created("/v1/accounts", {"name": "Acme Leads"})
     campaign = await admin.created(
@@ -139,7 +151,13 @@ async def test_each_created_entity_is_published_in_full_keyed_by_its_id(admin: S
     assert campaign["account_id"] == account_id
     assert (source["account_id"], source["campaign_id"]) == (account_id, campaign_id)
     assert (buyer["account_id"], buyer["campaign_id"]) == (account_id, campaign_id)
-    assert (source["payout"], buyer["price"], buyer["status"]) == ("12.50", "35.10", "active")
+    assert (source["payout"], buyer["price"], buyer["status"]) == (
+        {"fixed": "12.50", "percent": None},
+        "35.10",
+        "active",
+    )
+    assert buyer["signing_secret_value"].startswith("whsec_")
+    assert buyer["signing_secret"] == {"key_id": "devcfg1"}
 
     ids = {
         "account": account_id,
@@ -152,7 +170,6 @@ async def test_each_created_entity_is_published_in_full_keyed_by_its_id(admin: S
         "account": (ev.AccountConfigured, ev.AccountState(**account)),
         "campaign": (ev.CampaignConfigured, ev.CampaignState(**campaign)),
         "source": (ev.SourceConfigured, ev.SourceState(**source_state)),
-        "buyer": (ev.BuyerConfigured, ev.BuyerState(**buyer)),
     }
     for kind, (cls, state) in expected.items():
         events = keyed(records, ids[kind])
@@ -163,11 +180,16 @@ async def test_each_created_entity_is_published_in_full_keyed_by_its_id(admin: S
         assert str(event.account_id) == account_id
         assert str(event.correlation_id) == ids[kind]
         assert event.producer == "admin"
+    (published,) = keyed(records, ids["buyer"])
+    assert isinstance(published, ev.BuyerConfigured)
+    assert shown(published.payload) == view(buyer)  # the full state, its secret sealed
+    assert str(published.account_id) == account_id
+    assert str(published.correlation_id) == ids["buyer"]
     headers = {
         k: v.decode() for r in records if r.key == ids["buyer"].encode() for k, v in r.headers
     }
     assert headers["lx-event-type"] == "BuyerConfigured"
-    assert headers["lx-schema-version"] == "1"
+    assert headers["lx-schema-version"] == "2"
 
     # The API reads back what it published.
     r = await admin.client.get(f"/v1/accounts/{account_id}", headers=OPERATOR)
@@ -177,7 +199,7 @@ async def test_each_created_entity_is_published_in_full_keyed_by_its_id(admin: S
     r = await admin.client.get(f"/v1/campaigns/{campaign_id}/sources", headers=OPERATOR)
     assert r.json() == [source_state]
     r = await admin.client.get(f"/v1/campaigns/{campaign_id}/buyers", headers=OPERATOR)
-    assert r.json() == [buyer]
+    assert r.json() == [view(buyer)]
     assert await admin.rt.relay.backlog() == 0
 
 
@@ -191,7 +213,7 @@ async def test_a_source_api_key_is_shown_once_and_only_its_sha256_is_kept(admin:
     assert key != second["api_key"]
     assert first["api_key_sha256"] == hashlib.sha256(key.encode()).hexdigest()
     assert first["api_key_prefix"] == key[:11]
-    assert first["payout"] == "0.00"
+    assert first["payout"] == {"fixed": "0.00", "percent": None}
 
     records = await admin.config_records(first["source_id"])
     for record in records:
@@ -343,7 +365,7 @@ async def test_invalid_campaign_fields_get_422_naming_each_field(admin: Service)
     assert await admin.counts() == before
 
 
-async def test_a_campaign_duplicate_check_is_validated_and_published_as_campaign_v2(
+async def test_a_campaign_duplicate_check_is_validated_and_published_as_campaign_v3(
     admin: Service,
 ) -> None:
     account = await admin.created("/v1/accounts", {"name": "Acme"})
@@ -379,9 +401,9 @@ async def test_a_campaign_duplicate_check_is_validated_and_published_as_campaign
     records = await admin.config_records(created["campaign_id"], plain["campaign_id"])
     for state in (created, plain):
         (record,) = [r for r in records if r.key == state["campaign_id"].encode()]
-        assert {k: v.decode() for k, v in record.headers}["lx-schema-version"] == "2"
+        assert {k: v.decode() for k, v in record.headers}["lx-schema-version"] == "3"
         event = decode_event(record.value)
-        assert isinstance(event, ev.CampaignConfigured) and event.schema_version == 2
+        assert isinstance(event, ev.CampaignConfigured) and event.schema_version == 3
         assert event.payload == ev.CampaignState(**state)
     r = await admin.client.get(f"/v1/campaigns/{created['campaign_id']}", headers=OPERATOR)
     assert r.json() == created
@@ -400,7 +422,7 @@ async def test_pausing_a_buyer_publishes_its_new_full_state(admin: Service) -> N
     )
     assert r.status_code == 200, r.text
     paused = r.json()
-    assert paused == {**buyer, "status": "paused"}
+    assert paused == {**view(buyer), "status": "paused"}
 
     async def both_states() -> list[Event]:
         records = await admin.config_records(buyer_id)
@@ -408,7 +430,7 @@ async def test_pausing_a_buyer_publishes_its_new_full_state(admin: Service) -> N
         return events if len(events) >= 2 else []
 
     events = await eventually(both_states, what="the paused state on config.changed")
-    assert [e.payload for e in events] == [ev.BuyerState(**buyer), ev.BuyerState(**paused)]
+    assert [shown(e.payload) for e in events] == [view(buyer), paused]
     r = await admin.client.get(f"/v1/campaigns/{campaign['campaign_id']}/buyers", headers=OPERATOR)
     assert r.json() == [paused]
 
@@ -472,10 +494,10 @@ async def test_buyer_endpoints_on_internal_addresses_get_422_and_change_nothing(
     )
     assert await admin.counts() == before
     r = await admin.client.get(buyers, headers=OPERATOR)
-    assert r.json() == [buyer]  # its endpoint unchanged
+    assert r.json() == [view(buyer)]  # its endpoint unchanged
     marker = await admin.created("/v1/accounts", {"name": "Marker"})
     records = await admin.config_records(marker["account_id"])
-    assert [e.payload for e in keyed(records, buyer["buyer_id"])] == [ev.BuyerState(**buyer)]
+    assert [shown(e.payload) for e in keyed(records, buyer["buyer_id"])] == [view(buyer)]
 
     # A public endpoint is still accepted on PATCH.
     r = await admin.client.patch(
@@ -513,6 +535,7 @@ async def test_the_lead_trace_lists_the_lead_events_in_event_time_order(admin: S
             attempt=1,
             delivery_id=delivery,
             price=Decimal("35.10"),
+            payout=Payout(fixed=Decimal("12.00")),
             lead=content,
         ),
     )
@@ -532,14 +555,18 @@ async def test_the_lead_trace_lists_the_lead_events_in_event_time_order(admin: S
     sold = ev.LeadSold.new(
         **env(1.0),
         payload=ev.LeadSoldPayload(
-            **ref, buyer_id=buyer, delivery_id=delivery, price=Decimal("35.10")
+            **ref,
+            buyer_id=buyer,
+            delivery_id=delivery,
+            price=Decimal("35.10"),
+            payout=Decimal("12.00"),
         ),
     )
 
     async def trace() -> httpx.Response:
         return await admin.client.get(f"/v1/leads/{lead}/trace", headers=OPERATOR)
 
-    consumer = admin.rt.consumers[0]  # the trace's read model of the lead topics
+    (consumer,) = [c for c in admin.rt.consumers if c.group_id.endswith("admin-trace")]
 
     async def consumed(n: int) -> bool:
         return consumer.consumed >= n

@@ -31,6 +31,7 @@ from lx_devstack.infra import Infra
 from lx_platform.runtime import Runtime
 from lx_schemas import Event
 from lx_schemas import events as ev
+from lx_schemas.rules import Payout
 
 from tests.support.kafka import publish
 from tests.support.services import OPERATOR, eventually, hosted, settings_for
@@ -127,6 +128,7 @@ def routed(
             attempt=attempt,
             delivery_id=uuid.uuid5(lead, str(attempt)),
             price=Decimal(price),
+            payout=Payout(fixed=Decimal("0.00")),
             lead=ev.LeadContent(fields={"state": "CA"}),
         ),
     )
@@ -175,6 +177,7 @@ def sold(
             buyer_id=buyer,
             delivery_id=uuid.uuid5(lead, str(attempt)),
             price=Decimal(price),
+            payout=None,  # as v1 sales were upcast: no payout recorded, none booked
         ),
     )
 

@@ -84,3 +84,187 @@ async def lead_events(conn: AsyncConnection, lead_id: uuid.UUID) -> list[dict[st
         {"l": lead_id},
     )
     return [dict(r._mapping) for r in rows]
+
+
+async def record_ping_events(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        await conn.execute(
+            text(
+                "insert into ping_events (event_id, ping_id, account_id, type, occurred_at, topic,"
+                ' "offset", payload) values (:event_id, :ping_id, :account_id, :type,'
+                " :occurred_at, :topic, :offset, cast(:payload as jsonb))"
+                " on conflict (event_id) do nothing"
+            ),
+            [{**r, "payload": json.dumps(r["payload"])} for r in rows],
+        )
+
+
+async def ping_events(conn: AsyncConnection, ping_id: uuid.UUID) -> list[dict[str, Any]]:
+    rows = await conn.execute(
+        text(
+            'select event_id, type, occurred_at, topic, "offset", payload'
+            ' from ping_events where ping_id = :p order by occurred_at, "offset"'
+        ),
+        {"p": ping_id},
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def entity_names(
+    conn: AsyncConnection, kind: str, ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, str]:
+    if not ids:
+        return {}
+    rows = await conn.execute(
+        text(
+            f"select {kind}_id as id, state->>'name' as name from {ENTITY_TABLES[kind]}"
+            f" where {kind}_id = any(:ids)"
+        ),
+        {"ids": list(ids)},
+    )
+    return {r.id: r.name for r in rows}
+
+
+# --- buyer tokens ---------------------------------------------------------------------------
+
+
+async def insert_token(conn: AsyncConnection, row: dict[str, Any]) -> None:
+    await conn.execute(
+        text(
+            "insert into buyer_tokens (token_id, buyer_id, account_id, name, token_prefix,"
+            " token_sha256) values (:token_id, :buyer_id, :account_id, :name, :token_prefix,"
+            " :token_sha256)"
+        ),
+        row,
+    )
+
+
+async def list_tokens(conn: AsyncConnection, buyer_id: uuid.UUID) -> list[dict[str, Any]]:
+    rows = await conn.execute(
+        text(
+            "select token_id, buyer_id, name, token_prefix, created_at, revoked_at"
+            " from buyer_tokens where buyer_id = :b order by created_at"
+        ),
+        {"b": buyer_id},
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def revoke_token(
+    conn: AsyncConnection, buyer_id: uuid.UUID, token_id: uuid.UUID
+) -> dict[str, Any] | None:
+    """Revoke (idempotently); None when the buyer has no such token."""
+    row = (
+        await conn.execute(
+            text(
+                "update buyer_tokens set revoked_at = coalesce(revoked_at, now())"
+                " where buyer_id = :b and token_id = :t"
+                " returning token_id, buyer_id, name, token_prefix, created_at, revoked_at"
+            ),
+            {"b": buyer_id, "t": token_id},
+        )
+    ).first()
+    return dict(row._mapping) if row else None
+
+
+async def buyer_of_token(conn: AsyncConnection, sha256: str) -> uuid.UUID | None:
+    buyer: uuid.UUID | None = await conn.scalar(
+        text("select buyer_id from buyer_tokens where token_sha256 = :h and revoked_at is null"),
+        {"h": sha256},
+    )
+    return buyer
+
+
+# --- sales and returns ----------------------------------------------------------------------
+
+_SALE_COLUMNS = (
+    "s.delivery_id, s.lead_id, s.account_id, s.campaign_id, s.source_id, s.buyer_id, s.price,"
+    " s.payout, s.sale, s.buyer_lead_id, s.sold_at, r.return_id, r.reason_code as return_reason,"
+    " r.returned_at"
+)
+
+
+async def record_sales(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        await conn.execute(
+            text(
+                "insert into sales (delivery_id, lead_id, account_id, campaign_id, source_id,"
+                " buyer_id, price, payout, sale, buyer_lead_id, sold_at, event_id) values"
+                " (:delivery_id, :lead_id, :account_id, :campaign_id, :source_id, :buyer_id,"
+                " :price, :payout, :sale, :buyer_lead_id, :sold_at, :event_id)"
+                " on conflict (delivery_id) do nothing"
+            ),
+            rows,
+        )
+
+
+async def record_returns(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> list[Any]:
+    """Insert returns not recorded yet; returns the ids inserted (a sale already returned,
+    by this return or another, inserts nothing)."""
+    if not rows:
+        return []
+    inserted = []
+    for row in rows:
+        result = await conn.scalar(
+            text(
+                "insert into returns (return_id, delivery_id, lead_id, buyer_id, price, payout,"
+                " reason_code, reason, returned_by, returned_at) values (:return_id,"
+                " :delivery_id, :lead_id, :buyer_id, :price, :payout, :reason_code, :reason,"
+                " :returned_by, :returned_at) on conflict do nothing returning return_id"
+            ),
+            row,
+        )
+        if result is not None:
+            inserted.append(result)
+    return inserted
+
+
+async def sales_of_lead(
+    conn: AsyncConnection,
+    lead_id: uuid.UUID,
+    buyer_id: uuid.UUID | None = None,
+    *,
+    for_update: bool = False,
+) -> list[dict[str, Any]]:
+    by_buyer = " and s.buyer_id = :b" if buyer_id else ""
+    lock = " for update of s" if for_update else ""
+    rows = await conn.execute(
+        text(
+            f"select {_SALE_COLUMNS} from sales s left join returns r using (delivery_id)"
+            f" where s.lead_id = :l{by_buyer} order by s.sale, s.sold_at{lock}"
+        ),
+        {"l": lead_id, "b": buyer_id},
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def sales_of_buyer(
+    conn: AsyncConnection,
+    buyer_id: uuid.UUID,
+    *,
+    limit: int,
+    before: tuple[Any, uuid.UUID] | None = None,
+) -> list[dict[str, Any]]:
+    """A buyer's sales, newest first, keyset-paginated on (sold_at, delivery_id)."""
+    after = " and (s.sold_at, s.delivery_id) < (:at, :d)" if before else ""
+    rows = await conn.execute(
+        text(
+            f"select {_SALE_COLUMNS} from sales s left join returns r using (delivery_id)"
+            f" where s.buyer_id = :b{after}"
+            " order by s.sold_at desc, s.delivery_id desc limit :n"
+        ),
+        {
+            "b": buyer_id,
+            "n": limit,
+            "at": before[0] if before else None,
+            "d": before[1] if before else None,
+        },
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def returns_of_lead(conn: AsyncConnection, lead_id: uuid.UUID) -> list[dict[str, Any]]:
+    rows = await conn.execute(
+        text("select * from returns where lead_id = :l order by returned_at"), {"l": lead_id}
+    )
+    return [dict(r._mapping) for r in rows]

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 
 from lx_platform.consumer import Consumed
 from lx_schemas import events as ev
-from lx_schemas.envelope import derived_id
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from lx_billing import domain, store
@@ -25,9 +24,12 @@ async def project(conn: AsyncConnection, batch: Sequence[Consumed]) -> None:
             usage[key] += event.payload.quantity
         elif isinstance(event, ev.LeadSold):
             p = event.payload
+            entries = domain.sale_entries(
+                event.account_id, p.buyer_id, p.price, source_id=p.source_id, payout=p.payout
+            )
             bookings.append(
                 domain.Booking(
-                    txn_id=derived_id("ledger.sale", p.lead_id),
+                    txn_id=domain.sale_txn_id(p.lead_id, p.sale),
                     account_id=event.account_id,
                     kind="lead_sale",
                     lead_id=p.lead_id,
@@ -35,7 +37,25 @@ async def project(conn: AsyncConnection, batch: Sequence[Consumed]) -> None:
                     amount=p.price,
                     occurred_at=event.occurred_at,
                     source_event_id=event.event_id,
-                    entries=tuple(domain.sale_entries(event.account_id, p.buyer_id, p.price)),
+                    entries=tuple(entries),
+                )
+            )
+        elif isinstance(event, ev.LeadReturned):
+            r = event.payload
+            entries = domain.return_entries(
+                event.account_id, r.buyer_id, r.price, source_id=r.source_id, payout=r.payout
+            )
+            bookings.append(
+                domain.Booking(
+                    txn_id=domain.return_txn_id(r.return_id),
+                    account_id=event.account_id,
+                    kind="lead_return",
+                    lead_id=r.lead_id,
+                    buyer_id=r.buyer_id,
+                    amount=r.price,
+                    occurred_at=event.occurred_at,
+                    source_event_id=event.event_id,
+                    entries=tuple(entries),
                 )
             )
     await store.book(conn, bookings)
