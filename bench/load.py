@@ -24,7 +24,7 @@ import contextlib
 import json
 import math
 import os
-import sys
+import signal
 import threading
 import time
 import uuid
@@ -121,9 +121,8 @@ async def post(session: aiohttp.ClientSession, url: str, key: str, n: int, sent:
             sent.status = response.status
             if response.status == 202:
                 sent.lead_id = json.loads(body)["lead_id"]
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        sent.status = -1
-        print(f"request failed: {exc!r}", file=sys.stderr)
+    except (aiohttp.ClientError, TimeoutError):
+        sent.status = -1  # counted under status "-1" in the step's summary
     finally:
         sent.t_answer = time.time()
 
@@ -214,7 +213,7 @@ class MemorySampler:
     def _run(self) -> None:
         while not self._stop.wait(0.5):
             for name, proc in self.stack.processes.items():
-                pid = proc.pid
+                pid = proc.pid()
                 if pid is None:
                     continue
                 with contextlib.suppress(psutil.Error):
@@ -273,7 +272,8 @@ def bench_stack(infra: Infra) -> Iterator[Stack]:
 
 async def run_load(stack: Stack, infra: Infra) -> dict[str, Any]:
     layout = stack.layout
-    seeded = seed(
+    seeded = await asyncio.to_thread(
+        seed,
         layout.url("admin"),
         layout.operator_token,
         [("Fast buyer", f"{layout.buyer_url}/buyers/fast/accept", "30.00", 1)],
@@ -421,7 +421,12 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through bench_stack's finally: stack stopped
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     RESULTS.mkdir(parents=True, exist_ok=True)
     infra = start_infra()
     started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

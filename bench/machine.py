@@ -28,6 +28,7 @@ async def kafka_limits(infra: Infra, messages: int) -> dict[str, float]:
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, num_partitions=12, replication_factor=1)])
+        await asyncio.sleep(2)  # leaders elected before the clock starts
         payload = os.urandom(MESSAGE_BYTES // 2).hex().encode()[:MESSAGE_BYTES]
         producer = AIOKafkaProducer(
             bootstrap_servers=infra.kafka_bootstrap,
