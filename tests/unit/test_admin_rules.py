@@ -105,3 +105,17 @@ def test_the_trace_status_and_why_of_leads() -> None:
     nobody = why([("LeadUnsold", {"reason": "no_eligible_buyers"})], {})
     assert nobody is not None and nobody.codes == ["no_buyers"]
     assert why([("LeadSold", {})], {}) is None
+
+
+def test_two_caps_of_one_period_and_unit_are_refused() -> None:
+    from decimal import Decimal
+
+    from lx_schemas.rules import Cap, CapPeriod
+
+    day_count = Cap(period=CapPeriod.DAY, max_leads=50)
+    day_budget = Cap(period=CapPeriod.DAY, max_usd=Decimal("500.00"))
+    assert (
+        domain.cap_errors([day_count, day_budget, Cap(period=CapPeriod.MONTH, max_leads=9)]) == []
+    )
+    (error,) = domain.cap_errors([day_count, day_budget, Cap(period=CapPeriod.DAY, max_leads=9)])
+    assert (error["field"], error["code"]) == ("caps.2", "duplicate_cap")

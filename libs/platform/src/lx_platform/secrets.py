@@ -3,7 +3,8 @@
 AES-256-GCM under a platform config key chosen by id (``LX_PLATFORM_CONFIG_KEYS``,
 "id:base64key" comma-separated, the first seals). The key id is bound as associated
 data, so a ciphertext cannot be passed off under another key. Rotation: add a new key
-first in the list, re-seal (``lxctl secrets rotate``), then drop the old one.
+first in the list (admin then seals new secrets with it; old ones still open), re-seal
+every stored secret (``reseal``), then drop the old key.
 """
 
 from __future__ import annotations

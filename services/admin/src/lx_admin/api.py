@@ -498,3 +498,33 @@ async def rotate_signing_secret(buyer_id: uuid.UUID, rt: Rt) -> SigningSecret:
         await _publish(rt, conn, ev.BuyerConfigured, state, buyer_id, state.account_id)
     rt.relay.wake()
     return SigningSecret(buyer_id=buyer_id, key_id=sealed.key_id, signing_secret_value=secret)
+
+
+class Resealed(BaseModel):
+    key_id: str  # the config key every buyer secret is now sealed under
+    buyers: int  # buyers looked at
+    resealed: int  # buyers whose secrets were re-sealed and republished
+
+
+@router.post("/config-keys/reseal", response_model=Resealed, responses=ERRORS)
+async def reseal_secrets(rt: Rt) -> Resealed:
+    """Re-seal every buyer secret under the current config key and republish the buyers
+    that changed: the step of a config key rotation between adding the new key (first in
+    ``LX_PLATFORM_CONFIG_KEYS``) and removing the old one. Safe to run again."""
+    keys = config_keys(rt)
+    async with rt.db.begin() as conn:
+        ids = await store.entity_ids(conn, "buyer")
+    resealed = 0
+    for buyer_id in ids:  # one transaction per buyer: a long rotation holds no big lock
+        async with rt.db.begin() as conn:
+            state = ev.BuyerState.model_validate(
+                await _current(conn, "buyer", buyer_id, for_update=True)
+            )
+            fresh = domain.reseal_buyer(state, keys)
+            if fresh is None:
+                continue
+            await store.update_entity(conn, "buyer", buyer_id, fresh)
+            await _publish(rt, conn, ev.BuyerConfigured, fresh, buyer_id, fresh.account_id)
+            resealed += 1
+    rt.relay.wake()
+    return Resealed(key_id=keys.current, buyers=len(ids), resealed=resealed)

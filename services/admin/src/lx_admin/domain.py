@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Annotated, Any
 
+from lx_platform.secrets import ConfigKeys
 from lx_schemas.envelope import Frozen
 from lx_schemas.events import (
     DEDUPE_MATCHABLE_TYPES,
@@ -391,9 +392,29 @@ def mapping_errors(
     return errors
 
 
+def cap_errors(caps: Sequence[Cap]) -> list[FieldError]:
+    """Two caps of one period and unit would count each lead twice on one counter."""
+    seen: dict[tuple[str, bool], int] = {}
+    errors: list[FieldError] = []
+    for i, cap in enumerate(caps):
+        key = (cap.period.value, cap.max_leads is not None)
+        if key in seen:
+            unit = "lead count" if cap.max_leads is not None else "USD budget"
+            errors.append(
+                {
+                    "field": f"caps.{i}",
+                    "code": "duplicate_cap",
+                    "detail": f"caps.{seen[key]} is already a {cap.period.value} {unit} cap",
+                }
+            )
+        seen.setdefault(key, i)
+    return errors
+
+
 def buyer_errors(fields: Sequence[FieldSpec], state: Any) -> list[FieldError]:
     """Everything about a buyer that only its campaign can refuse."""
     return [
+        *cap_errors(state.caps),
         *filter_errors(fields, state.filters),
         *mapping_errors(fields, state.integration, "integration"),
         *mapping_errors(
@@ -403,6 +424,27 @@ def buyer_errors(fields: Sequence[FieldSpec], state: Any) -> list[FieldError]:
 
 
 # --- buyer secrets --------------------------------------------------------------------------
+
+
+def reseal_buyer(state: Any, keys: ConfigKeys) -> Any | None:
+    """The buyer with every sealed secret (auth, ping auth, signing secret) under the
+    current config key, or None when all already are (config key rotation)."""
+    data = state.model_dump(mode="json")
+    changed = False
+
+    def reseal(holder: dict[str, Any] | None, name: str) -> None:
+        nonlocal changed
+        sealed = holder.get(name) if holder else None
+        if holder is None or sealed is None or sealed["key_id"] == keys.current:
+            return
+        holder[name] = keys.reseal(SealedSecret.model_validate(sealed)).model_dump(mode="json")
+        changed = True
+
+    reseal(data["integration"]["auth"], "secret")
+    if data.get("ping"):
+        reseal(data["ping"]["integration"]["auth"], "secret")
+    reseal(data, "signing_secret")
+    return type(state).model_validate(data) if changed else None
 
 
 class MissingSecretError(ValueError):

@@ -52,6 +52,13 @@ async def get_state(
     return dict(row) if row is not None else None
 
 
+async def entity_ids(conn: AsyncConnection, kind: str) -> list[uuid.UUID]:
+    rows = await conn.scalars(
+        text(f"select {kind}_id from {ENTITY_TABLES[kind]} order by created_at")
+    )
+    return list(rows)
+
+
 async def list_states(
     conn: AsyncConnection, kind: str, parent: str, parent_id: uuid.UUID
 ) -> list[dict[str, Any]]:
