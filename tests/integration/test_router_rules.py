@@ -17,13 +17,15 @@ from decimal import Decimal
 
 import pytest
 from lx_devstack.infra import Infra
+from lx_platform.consumer import is_transient
 from lx_platform.runtime import Runtime
 from lx_platform.settings import PlatformSettings
+from lx_router import store
 from lx_router.main import create_service
 from lx_router.settings import RouterSettings
 from lx_schemas import events as ev
 from lx_schemas.envelope import Event
-from lx_schemas.rules import Margin
+from lx_schemas.rules import Cap, CapPeriod, Margin
 from lx_schemas.topics import LEAD_ROUTED
 from sqlalchemy import text
 
@@ -156,6 +158,74 @@ async def test_200_concurrent_leads_give_a_buyer_capped_at_50_exactly_50(routers
     # Those sent on to the next buyer say why.
     to_open = [d for d in routed(decisions) if d.payload.buyer_id == ids["Open"]]
     assert all(d.payload.attempt == 1 and d.payload.price == Decimal("30.00") for d in to_open)
+
+
+async def test_a_batch_that_counted_on_a_cap_slot_taken_meanwhile_is_decided_again(
+    routers: Routers,
+) -> None:
+    """A batch reserves in memory and writes at its end: what another router committed
+    in between is judged then, and a batch that no longer fits is refused whole."""
+    db, buyer_id, now = routers.replicas[0].db, uuid.uuid4(), dt.datetime.now(dt.UTC)
+    cap = Cap(period=CapPeriod.TOTAL, max_leads=3)
+
+    async def take_elsewhere(n: int) -> None:
+        async with db.begin() as other:
+            await other.execute(
+                text(
+                    "insert into cap_counters values (:b, 'total', 'leads', :k, :n)"
+                    " on conflict (buyer_id, period, unit, bucket)"
+                    " do update set used = cap_counters.used + :n"
+                ),
+                {"b": buyer_id, "k": store.counter_key(buyer_id, cap, "UTC", now)[3], "n": n},
+            )
+
+    # Read 0, take 2 in memory; another router takes 1 meanwhile: 3 still fit.
+    async with db.begin() as conn:
+        ledger = store.CapLedger()
+        for _ in range(2):
+            taken = await ledger.reserve(conn, buyer_id, [cap], "UTC", Decimal("10.00"), now)
+            assert isinstance(taken, list)
+        await take_elsewhere(1)
+        await ledger.flush(conn)
+    # Now 2 of 3: this batch takes the last slot in memory (a fourth is refused), and
+    # another router takes it before this batch writes, which would make 4 of 3.
+    await take_elsewhere(-1)
+    with pytest.raises(store.DecisionConflictError) as conflict:
+        async with db.begin() as conn:
+            ledger = store.CapLedger()
+            taken = await ledger.reserve(conn, buyer_id, [cap], "UTC", Decimal("10.00"), now)
+            assert isinstance(taken, list)
+            assert await ledger.reserve(conn, buyer_id, [cap], "UTC", Decimal("10"), now) == cap
+            await take_elsewhere(1)
+            await ledger.flush(conn)
+    assert is_transient(conflict.value)  # the consumer retries the batch
+    used = await routers.scalar("select used from cap_counters where buyer_id = :b", b=buyer_id)
+    assert used == 3
+
+
+async def test_a_consumer_claimed_meanwhile_by_another_router_fails_the_batchs_claim(
+    routers: Routers,
+) -> None:
+    db, buyer_id, now = routers.replicas[0].db, uuid.uuid4(), dt.datetime.now(dt.UTC)
+    consumer, mine, theirs = b"\x01" * 32, uuid.uuid4(), uuid.uuid4()
+    with pytest.raises(store.DecisionConflictError):
+        async with db.begin() as conn:
+            claims = store.ConsumerClaims()
+            assert await claims.free(conn, buyer_id, [consumer], mine, now, 30)
+            claims.take(buyer_id, [consumer], mine, now, 30)
+            async with db.begin() as other:
+                await other.execute(
+                    text("insert into buyer_consumers values (:b, :h, :l, :now)"),
+                    {"b": buyer_id, "h": consumer, "l": theirs, "now": now},
+                )
+            await claims.flush(conn)
+    # Decided again, the batch finds the consumer inside the buyer's window.
+    async with db.begin() as conn:
+        assert not await store.ConsumerClaims().free(conn, buyer_id, [consumer], mine, now, 30)
+    holder = await routers.scalar(
+        "select lead_id from buyer_consumers where buyer_id = :b", b=buyer_id
+    )
+    assert holder == theirs
 
 
 # --- (b) a refused offer gives its slot back, once ---------------------------------------------
@@ -386,4 +456,29 @@ async def test_a_post_falls_to_the_next_bid_only_while_it_covers_the_promise(
         (C.BUYER_PAUSED, ids["Gone"]),
         (C.BUYER_REJECTED, ids["Second"]),
         (C.PRICE_BELOW_PAYOUT, ids["Third"]),
+    ]
+
+
+async def test_a_post_is_screened_again_on_its_own_fields_personal_data_included(
+    routers: Routers,
+) -> None:
+    # The auction saw only the ping's non-personal fields: a filter on the date of birth
+    # waits for the post, and a post whose state differs from its ping is judged as posted.
+    cid, sid, ids = await setup(
+        routers,
+        ("Young", 1, "1.00", {"filters": [{"field": "dob", "op": "age_between", "max": 30}]}),
+        ("Texan", 1, "1.00", {"filters": [{"field": "state", "op": "in", "values": ["TX"]}]}),
+        ("Anyone", 1, "1.00", {}),
+    )
+    bids = [(ids["Young"], "50.00"), (ids["Texan"], "45.00"), (ids["Anyone"], "20.00")]
+    post = routers.world.post(cid, sid, bids, promised="10.00")  # born 1980, from CA
+    await routers.send((post, post.payload.lead_id))
+    decisions = await routers.play_delivery(cid, lambda _: R.REJECTED)
+
+    assert [o.payload.buyer_id for o in routed(decisions)] == [ids["Anyone"]]
+    (end,) = exhausted(decisions)
+    assert [(r.code, r.buyer_id) for r in end.payload.rejections] == [
+        (C.FILTER, ids["Young"]),
+        (C.FILTER, ids["Texan"]),
+        (C.BUYER_REJECTED, ids["Anyone"]),
     ]

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from lx_routing import caps, order
-from lx_routing.eligibility import offer_price, screen
+from lx_routing.eligibility import ScreenMemo, offer_price, screen
 from lx_routing.filters import age_on, evaluate
 from lx_routing.money import covers, source_payout
 from lx_schemas.events import BuyerState, FieldValue, RejectionCode, Status
@@ -173,6 +173,47 @@ def test_a_closed_buyer_is_named_with_its_local_time() -> None:
     assert r is not None and r.code is RejectionCode.SCHEDULE_CLOSED
     assert r.detail == "buyer Acme is closed at Tue 21:14 America/New_York"
     assert screen(b, {}, NY_TUE_2114 - dt.timedelta(minutes=15)) is None  # 20:59
+
+
+def test_a_batchs_shared_screening_gives_every_lead_what_screening_alone_gives() -> None:
+    week = (Weekday.MON, Weekday.TUE, Weekday.WED, Weekday.THU, Weekday.FRI)
+    buyers = [
+        buyer(filters=[f("state", FilterOp.IN, values=("CA", "NV"))]),
+        buyer(filters=[f("credit_score", FilterOp.RANGE, min=600), f("state", FilterOp.EXISTS)]),
+        buyer(filters=[f("dob", FilterOp.AGE_BETWEEN, min=18, max=25)], timezone="Asia/Tokyo"),
+        buyer(filters=[f("email", FilterOp.REGEX, pattern=r"@corp\.com$")]),
+        buyer(
+            timezone="America/New_York",
+            schedule=Schedule(
+                windows=(ScheduleWindow(days=week, end="21:00", price=Decimal("12.00")),)
+            ),
+        ),
+        buyer(status=Status.PAUSED),
+    ]
+    leads: list[dict[str, FieldValue]] = [
+        {"state": "CA", "credit_score": 650, "dob": "2000-03-11", "email": "a@corp.com"},
+        {"state": "TX", "credit_score": 599, "dob": "2000-03-12", "email": "b@home.com"},
+        {"state": "CA", "credit_score": "650", "dob": "1990-01-01"},
+        {"state": "", "credit_score": True, "email": "a@corp.com"},
+        {"state": "TX", "credit_score": 1},
+    ]
+    # 20:59 and 21:14 in New York; 23:59 and 00:00 in Tokyo (an age turns over).
+    moments = [
+        NY_TUE_2114 - dt.timedelta(minutes=15),
+        NY_TUE_2114,
+        dt.datetime(2026, 3, 10, 14, 59, 30, tzinfo=dt.UTC),
+        dt.datetime(2026, 3, 10, 15, 0, 1, tzinfo=dt.UTC),
+    ]
+    memo = ScreenMemo()
+    for _ in range(2):  # the second round is answered from the memo
+        for now in moments:
+            for values in leads:
+                for pii in (frozenset(), frozenset({"email", "dob"})):
+                    for b in buyers:
+                        alone = screen(b, values, now, pii=pii)
+                        shared = screen(b, values, now, pii=pii, memo=memo)
+                        assert shared == alone, (b.name, values, now, pii)
+                        assert offer_price(b, now, memo) == offer_price(b, now)
 
 
 def test_schedule_window_start_is_inclusive_end_exclusive_and_24_00_closes_the_day() -> None:

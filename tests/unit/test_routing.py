@@ -205,6 +205,9 @@ def test_only_final_refusals_release_a_reservation() -> None:
     assert not domain.releases(result(DeliveryResult.ERROR, final=False))
     assert not domain.releases(result(DeliveryResult.ACCEPTED))
     assert not domain.releases(result(DeliveryResult.OUTCOME_UNKNOWN))
+    # Unknown to the end: the buyer may have the lead, so its slot stays taken.
+    unresolved = RejectionCode.OUTCOME_UNKNOWN_UNRESOLVED
+    assert not domain.releases(result(DeliveryResult.ERROR, reason_code=unresolved))
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ from decimal import Decimal
 from typing import Any
 
 from lx_routing import order
-from lx_routing.eligibility import offer_price, screen
+from lx_routing.eligibility import ScreenMemo, offer_price, screen
 from lx_routing.money import covers, margin_for, source_payout
 from lx_schemas.events import (
     Bid,
@@ -142,6 +142,7 @@ def screen_buyer(
     *,
     pii: Collection[str],
     pii_erased: bool,
+    memo: ScreenMemo | None = None,
 ) -> Rejection | None:
     """``lx_routing.eligibility.screen``, except that a filter on personal data of a lead
     whose data key is shredded fails with that reason rather than "is missing"."""
@@ -157,7 +158,7 @@ def screen_buyer(
                     buyer_id=buyer.buyer_id,
                     field=f.field,
                 )
-    return screen(buyer, values, now, pii=pii)
+    return screen(buyer, values, now, pii=pii, memo=memo)
 
 
 def below_payout(buyer: BuyerState, price: Decimal, payout: Payout, margin: Margin) -> Rejection:
@@ -184,17 +185,18 @@ def plan_direct(
     payout: Payout,
     lead_id: uuid.UUID,
     counter: int = 0,
+    memo: ScreenMemo | None = None,
 ) -> tuple[list[PlannedOffer], list[Rejection]]:
     """The buyers a direct lead may be offered to, in order, and why the others may not."""
     rejections: list[Rejection] = []
     candidates: list[order.Candidate] = []
     terms: dict[uuid.UUID, PlannedOffer] = {}
     for b in buyers:
-        rejection = screen_buyer(b, values, now, pii=pii, pii_erased=pii_erased)
+        rejection = screen_buyer(b, values, now, pii=pii, pii_erased=pii_erased, memo=memo)
         if rejection is not None:
             rejections.append(rejection)
             continue
-        price = offer_price(b, now)
+        price = offer_price(b, now, memo)
         if source_payout(payout, margin, price) is None:
             rejections.append(below_payout(b, price, payout, margin))
             continue
@@ -362,8 +364,14 @@ def after_result(
 
 def releases(result: DeliveryAttemptedPayload) -> bool:
     """Whether this result gives the offer's cap reservation back: final and refused.
-    An accepted lead keeps it; an outcome still unknown keeps it until known."""
-    return result.final and result.result in (DeliveryResult.REJECTED, DeliveryResult.ERROR)
+    An accepted lead keeps it; an outcome still unknown keeps it until known, and one
+    never resolved keeps it for good (the buyer may have taken the lead: counting it
+    may leave a cap one short, never one over)."""
+    return (
+        result.final
+        and result.result in (DeliveryResult.REJECTED, DeliveryResult.ERROR)
+        and result.reason_code is not RejectionCode.OUTCOME_UNKNOWN_UNRESOLVED
+    )
 
 
 def exhaustion_reason(attempts: int) -> ExhaustionReason:

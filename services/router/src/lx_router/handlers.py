@@ -4,6 +4,12 @@ offers and delivery results into the next offer, a further sale or the end of ro
 Everything a decision touches (the lead's walk, cap counters, the buyer's duplicate
 index, the offer and the outbox rows of its events) is written in the consumer's one
 transaction, so a decision is made exactly once and a crash leaves no half of it.
+
+A batch is decided in memory and written at its end in a few set-based statements
+(``Pending``): the configuration, the cap counters and the duplicate index a batch needs
+are read once, not lead by lead. The counters and the index are written conditionally,
+so a batch that counted on what another router took meanwhile is decided again
+(``store.DecisionConflictError``), never exceeding a cap or a duplicate window.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from lx_platform.crypto import open_fields
 from lx_platform.leadkeys import KeyUnavailableError, LeadKeys
 from lx_platform.logging import get_logger
 from lx_platform.outbox import Outbox
+from lx_routing.eligibility import ScreenMemo
 from lx_schemas import events as ev
 from lx_schemas.envelope import Event, derived_id, utcnow
 from lx_schemas.rules import Distribution, DistributionMode, Margin, Payout
@@ -89,6 +96,8 @@ class Context:
     consumer: tuple[ev.FieldSpec, ...]
     values: LeadValues
     now: dt.datetime
+    screened: ScreenMemo
+    ordered: list[ev.BuyerState]  # ``buyers`` by id: the order they are screened in
     skipped_from: int = 0  # the rejections already logged with an earlier decision
 
 
@@ -97,13 +106,65 @@ class BatchConfig:
     """Configuration read during one batch, by campaign and by source."""
 
     buyers: dict[uuid.UUID, dict[uuid.UUID, ev.BuyerState]] = field(default_factory=dict)
+    ordered: dict[uuid.UUID, list[ev.BuyerState]] = field(default_factory=dict)
+    pii: dict[tuple[uuid.UUID, tuple[str, ...]], frozenset[str]] = field(default_factory=dict)
     campaigns: dict[uuid.UUID, ev.CampaignState | None] = field(default_factory=dict)
     sources: dict[uuid.UUID, ev.SourceState | None] = field(default_factory=dict)
+    screened: ScreenMemo = field(default_factory=ScreenMemo)  # shared by the batch's leads
 
     def clear(self) -> None:
         self.buyers.clear()
+        self.ordered.clear()
+        self.pii.clear()
         self.campaigns.clear()
         self.sources.clear()
+        self.screened = ScreenMemo()
+
+
+@dataclass
+class Pending:
+    """What a batch has decided and not written yet, and the routings it holds."""
+
+    caps: store.CapLedger = field(default_factory=store.CapLedger)
+    claims: store.ConsumerClaims = field(default_factory=store.ConsumerClaims)
+    routings: dict[uuid.UUID, store.Routing] = field(default_factory=dict)  # read or made
+    new: dict[uuid.UUID, None] = field(default_factory=dict)  # made: to insert, in order
+    changed: set[uuid.UUID] = field(default_factory=set)  # read and walked: to update
+    offers: dict[uuid.UUID, store.Offer] = field(default_factory=dict)
+
+    async def flush(self, conn: AsyncConnection) -> None:
+        await self.caps.flush(conn)
+        await self.claims.flush(conn)
+        await store.insert_offers(conn, list(self.offers.values()))
+        self.offers.clear()
+        new = [self.routings[lead_id] for lead_id in self.new]
+        if await store.insert_routings(conn, new) != len(new):
+            raise RuntimeError("a lead of this batch was routed concurrently")  # pragma: no cover
+        await store.save_routings(
+            conn, [self.routings[x] for x in self.changed if x not in self.new]
+        )
+        self.new.clear()
+        self.changed.clear()
+
+
+def _kind(item: Consumed) -> str:
+    if isinstance(item.event, ev.LeadReceived):
+        return "lead"
+    if isinstance(item.event, ev.DeliveryAttempted):
+        return "result"
+    return "other"
+
+
+def _runs(batch: Sequence[Consumed]) -> list[tuple[str, list[Consumed]]]:
+    """The batch as runs of consecutive events of one kind, in order."""
+    runs: list[tuple[str, list[Consumed]]] = []
+    for item in batch:
+        kind = _kind(item)
+        if runs and runs[-1][0] == kind:
+            runs[-1][1].append(item)
+        else:
+            runs.append((kind, [item]))
+    return runs
 
 
 class RouterHandler:
@@ -124,22 +185,30 @@ class RouterHandler:
         # Configuration is read once per batch (a batch of leads of one campaign is the
         # common case); a configuration change in the batch forgets what was read.
         config = BatchConfig()
-        for item in batch:
-            event = item.event
-            if isinstance(event, ev.BuyerConfigured):
-                await store.upsert_buyer(conn, event.payload)
-                config.clear()
-            elif isinstance(event, ev.CampaignConfigured):
-                await store.upsert_campaign(conn, event.payload)
-                config.clear()
-            elif isinstance(event, ev.SourceConfigured):
-                await store.upsert_source(conn, event.payload)
-                config.clear()
-            elif isinstance(event, ev.LeadReceived):
-                staged.extend(await self._route_new(conn, event, config))
-            elif isinstance(event, ev.DeliveryAttempted):
-                staged.extend(await self._after_attempt(conn, event, config))
+        pending = Pending()
+        for kind, run in _runs(batch):
+            if kind == "lead":
+                leads = [x.event for x in run if isinstance(x.event, ev.LeadReceived)]
+                staged.extend(await self._route_new(conn, leads, config, pending))
+            elif kind == "result":
+                results = [x.event for x in run if isinstance(x.event, ev.DeliveryAttempted)]
+                staged.extend(await self._after_attempts(conn, results, config, pending))
+            else:
+                for item in run:
+                    await self._configure(conn, item.event, config)
+        await pending.flush(conn)
         await self.outbox.stage_many(conn, staged)  # type: ignore[arg-type]
+
+    async def _configure(self, conn: AsyncConnection, event: Event, config: BatchConfig) -> None:
+        if isinstance(event, ev.BuyerConfigured):
+            await store.upsert_buyer(conn, event.payload)
+        elif isinstance(event, ev.CampaignConfigured):
+            await store.upsert_campaign(conn, event.payload)
+        elif isinstance(event, ev.SourceConfigured):
+            await store.upsert_source(conn, event.payload)
+        else:
+            return
+        config.clear()
 
     async def _context(
         self,
@@ -149,19 +218,24 @@ class RouterHandler:
         cache: BatchConfig,
     ) -> Context:
         if campaign_id not in cache.buyers:
-            cache.buyers[campaign_id] = {
-                b.buyer_id: b for b in await store.campaign_buyers(conn, campaign_id)
-            }
+            buyers = await store.campaign_buyers(conn, campaign_id)
+            cache.buyers[campaign_id] = {b.buyer_id: b for b in buyers}
+            cache.ordered[campaign_id] = sorted(buyers, key=lambda b: str(b.buyer_id))
             cache.campaigns[campaign_id] = await store.campaign(conn, campaign_id)
         campaign = cache.campaigns[campaign_id]
         sealed = lead.pii.field_names if lead.pii is not None else ()
+        pii = cache.pii.get((campaign_id, tuple(sealed)))
+        if pii is None:
+            pii = cache.pii[(campaign_id, tuple(sealed))] = domain.pii_fields(campaign, sealed)
         return Context(
             campaign=campaign,
             buyers=cache.buyers[campaign_id],
-            pii=domain.pii_fields(campaign, sealed),
+            pii=pii,
             consumer=domain.consumer_fields(campaign),
             values=LeadValues(lead, self.keys),
             now=self.clock(),
+            screened=cache.screened,
+            ordered=cache.ordered[campaign_id],
         )
 
     # --- a new lead -------------------------------------------------------------------------
@@ -169,37 +243,92 @@ class RouterHandler:
     async def _route_new(
         self,
         conn: AsyncConnection,
-        event: ev.LeadReceived,
+        events: Sequence[ev.LeadReceived],
         cache: BatchConfig,
+        pending: Pending,
     ) -> Staged:
-        p = event.payload
-        if await store.routing_exists(conn, p.lead_id):
-            return []  # routed before (a replayed lead.received under a new event id)
-        ctx = await self._context(conn, p.campaign_id, p.lead, cache)
-        margin = ctx.campaign.margin if ctx.campaign is not None else Margin()
-        if p.ping_id is not None:
-            promised = p.promised_payout if p.promised_payout is not None else Decimal("0.00")
-            plan, max_sales = domain.plan_post(p.bids, promised), 1
-            rejections: list[ev.Rejection] = []
-        else:
-            promised = None
-            plan, rejections, max_sales = await self._plan_direct(conn, p, ctx, margin, cache)
-        routing = store.Routing(
-            p.lead_id,
-            event.account_id,
-            p.campaign_id,
-            p.source_id,
-            p.lead,
-            domain.Walk(plan, 0, 0, 0, max_sales, rejections),
-            "routing",
-            margin,
-            p.ping_id,
-            promised,
+        """Plan every lead of the run, read the counters and duplicate index their walks
+        may touch in one go each, then walk the leads one after another."""
+        # A lead routed before (a replayed lead.received under a new event id) is skipped.
+        done = await store.routed_already(
+            conn, [e.payload.lead_id for e in events if e.payload.lead_id not in pending.routings]
         )
-        staged = await self._walk_on(conn, routing, ctx, cause=event, rescreen=False)
-        if not await store.insert_routing(conn, routing):
-            raise RuntimeError(f"lead {p.lead_id} was routed concurrently")  # pragma: no cover
+        planned: list[tuple[ev.LeadReceived, store.Routing, Context]] = []
+        for event in events:
+            p = event.payload
+            if p.lead_id in done or p.lead_id in pending.routings:
+                continue
+            ctx = await self._context(conn, p.campaign_id, p.lead, cache)
+            margin = ctx.campaign.margin if ctx.campaign is not None else Margin()
+            if p.ping_id is not None:
+                promised = p.promised_payout if p.promised_payout is not None else Decimal("0.00")
+                plan, max_sales = domain.plan_post(p.bids, promised), 1
+                rejections: list[ev.Rejection] = []
+            else:
+                promised = None
+                plan, rejections, max_sales = await self._plan_direct(conn, p, ctx, margin, cache)
+            routing = store.Routing(
+                p.lead_id,
+                event.account_id,
+                p.campaign_id,
+                p.source_id,
+                p.lead,
+                domain.Walk(plan, 0, 0, 0, max_sales, rejections),
+                "routing",
+                margin,
+                p.ping_id,
+                promised,
+            )
+            pending.routings[p.lead_id] = routing
+            pending.new[p.lead_id] = None
+            planned.append((event, routing, ctx))
+        await self._prefetch(conn, planned, pending)
+        staged: Staged = []
+        for event, routing, ctx in planned:
+            staged.extend(
+                await self._walk_on(conn, routing, ctx, pending, cause=event, rescreen=False)
+            )
         return staged
+
+    async def _prefetch(
+        self,
+        conn: AsyncConnection,
+        planned: Sequence[tuple[ev.LeadReceived, store.Routing, Context]],
+        pending: Pending,
+    ) -> None:
+        """Read, in one statement each, the cap counters and duplicate-index rows the new
+        leads' walks may touch: a walk ends at the first offer, so at the latest at the
+        first buyer of its plan with neither caps nor a duplicate window. Whatever a walk
+        needs beyond this (a bucket that began meanwhile) is read when needed."""
+        counters: set[store.CounterKey] = set()
+        claims: list[store.ClaimKey] = []
+        capped: set[uuid.UUID] = set()
+        for _, r, ctx in planned:
+            direct = r.ping_id is None
+            for entry in r.walk.plan:
+                buyer = ctx.buyers.get(entry.buyer_id)
+                if buyer is None:
+                    continue
+                if buyer.caps and buyer.buyer_id not in capped:
+                    capped.add(buyer.buyer_id)
+                    for cap in buyer.caps:
+                        counters.add(
+                            store.counter_key(buyer.buyer_id, cap, buyer.timezone, ctx.now)
+                        )
+                if buyer.dedupe_days is not None and direct:
+                    # Planning opened the lead's personal data if a duplicate window
+                    # needs it (``domain.needs_pii``): this reads it from memory.
+                    need = any(f.name in ctx.pii for f in ctx.consumer)
+                    values, erased = await ctx.values.get(need)
+                    if not erased:
+                        hashes = domain.consumer_hashes(
+                            self.hash_key, buyer.buyer_id, ctx.consumer, values
+                        )
+                        claims.extend((buyer.buyer_id, h) for h in hashes)
+                if direct and not buyer.caps and buyer.dedupe_days is None:
+                    break  # this buyer takes the lead if the walk gets this far
+        await pending.caps.load(conn, sorted(counters))
+        await pending.claims.load(conn, claims)
 
     async def _plan_direct(
         self,
@@ -222,7 +351,7 @@ class RouterHandler:
         else:
             payout = source.payout
         distribution = ctx.campaign.distribution if ctx.campaign is not None else Distribution()
-        buyers = sorted(ctx.buyers.values(), key=lambda b: str(b.buyer_id))
+        buyers = ctx.ordered
         values, erased = await ctx.values.get(domain.needs_pii(buyers, ctx.pii, ctx.consumer))
         counter = 0
         if distribution.mode is DistributionMode.ROUND_ROBIN and buyers:
@@ -238,21 +367,41 @@ class RouterHandler:
             payout=payout,
             lead_id=p.lead_id,
             counter=counter,
+            memo=cache.screened,
         )
         return plan, rejections, distribution.max_sales
 
     # --- a delivery result ------------------------------------------------------------------
+
+    async def _after_attempts(
+        self,
+        conn: AsyncConnection,
+        events: Sequence[ev.DeliveryAttempted],
+        cache: BatchConfig,
+        pending: Pending,
+    ) -> Staged:
+        # The run's routings are read and locked in one statement.
+        wanted = [e.payload.lead_id for e in events if e.payload.lead_id not in pending.routings]
+        pending.routings.update(await store.routings_for_update(conn, wanted))
+        staged: Staged = []
+        for event in events:
+            staged.extend(await self._after_attempt(conn, event, cache, pending))
+        return staged
 
     async def _after_attempt(
         self,
         conn: AsyncConnection,
         event: ev.DeliveryAttempted,
         cache: BatchConfig,
+        pending: Pending,
     ) -> Staged:
         p = event.payload
+        if p.delivery_id in pending.offers:  # pragma: no cover - a result outran its offer
+            await pending.flush(conn)
         if domain.releases(p):
             released = await store.release_offer(conn, p.delivery_id)
-            if released:
+            if released is not None and released[1]:
+                pending.caps.released(*released)
                 log.info(
                     "cap_reservation_released",
                     lead_id=str(p.lead_id),
@@ -261,39 +410,49 @@ class RouterHandler:
                 )
         elif p.final and p.result is ev.DeliveryResult.ACCEPTED:
             await store.accept_offer(conn, p.delivery_id)
-        r = await store.routing_for_update(conn, p.lead_id)
+        r = pending.routings.get(p.lead_id)
         if r is None:
             return []
+        ctx = await self._context(conn, r.campaign_id, r.lead, cache)
+        buyer = ctx.buyers.get(p.buyer_id)
         step = domain.after_result(
             status=r.status,
             current_attempt=r.walk.attempt,
             sales=r.walk.sales,
             max_sales=r.walk.max_sales,
             result=p,
-            buyer_name=await store.buyer_name(conn, p.buyer_id),
+            buyer_name=(
+                buyer.name
+                if buyer is not None and buyer.name
+                else await store.buyer_name(conn, p.buyer_id)
+            ),
         )
         if isinstance(step, domain.Wait):
             return []
+        pending.changed.add(r.lead_id)
         if isinstance(step, domain.Finished):
             r.walk.sales += 1
             r.status = "sold"
-            await store.save_routing(conn, r)
             log.info("lead_sold_out", lead_id=str(r.lead_id), sales=r.walk.sales)
             return []
         if step.sold:
             r.walk.sales += 1
         elif step.rejection is not None:
             r.walk.rejections.append(step.rejection)
-        ctx = await self._context(conn, r.campaign_id, r.lead, cache)
         ctx.skipped_from = len(r.walk.rejections) - (0 if step.sold else 1)
-        staged = await self._walk_on(conn, r, ctx, cause=event, rescreen=True)
-        await store.save_routing(conn, r)
-        return staged
+        return await self._walk_on(conn, r, ctx, pending, cause=event, rescreen=True)
 
     # --- walking the plan -------------------------------------------------------------------
 
     async def _walk_on(
-        self, conn: AsyncConnection, r: store.Routing, ctx: Context, *, cause: Event, rescreen: bool
+        self,
+        conn: AsyncConnection,
+        r: store.Routing,
+        ctx: Context,
+        pending: Pending,
+        *,
+        cause: Event,
+        rescreen: bool,
     ) -> Staged:
         """Offer the lead to the next buyer of its plan that may take it now, or end."""
         w = r.walk
@@ -306,9 +465,9 @@ class RouterHandler:
                 continue
             rejection = await self._judge(r, entry, buyer, ctx, rescreen=rescreen)
             if rejection is None:
-                rejection, taken = await self._take(conn, r, entry, buyer, ctx)
+                rejection, taken = await self._take(conn, r, entry, buyer, ctx, pending)
                 if rejection is None:
-                    return [await self._offer(conn, r, entry, taken, ctx, cause)]
+                    return [self._offer(r, entry, taken, ctx, cause, pending)]
             w.rejections.append(rejection)
             if r.ping_id is not None and rejection.code is ev.RejectionCode.PRICE_BELOW_PAYOUT:
                 break  # the bids below pay even less: the post stops here
@@ -326,21 +485,20 @@ class RouterHandler:
     ) -> ev.Rejection | None:
         """Whether the buyer may still be offered the lead, caps and duplicates aside."""
         if r.ping_id is not None:
-            # The auction screened the buyer on the ping; the post needs it still active
-            # and its bid still paying what the source was promised.
-            if buyer.status != ev.Status.ACTIVE:
-                return ev.Rejection(
-                    code=ev.RejectionCode.BUYER_PAUSED,
-                    detail=f"buyer {buyer.name} is paused",
-                    buyer_id=buyer.buyer_id,
-                )
+            # The post must still pay what the source was promised; and the buyer is
+            # screened again in full: the auction saw only the ping's fields (filters on
+            # personal data wait for the post), and a post may differ from its ping.
             assert r.promised is not None
-            return domain.post_falls_short(buyer, entry, r.promised, r.margin)
-        if not rescreen:
+            short = domain.post_falls_short(buyer, entry, r.promised, r.margin)
+            if short is not None:
+                return short
+        elif not rescreen:
             return None
         need = domain.needs_pii([buyer], ctx.pii, ctx.consumer)
         values, erased = await ctx.values.get(need)
-        return domain.screen_buyer(buyer, values, ctx.now, pii=ctx.pii, pii_erased=erased)
+        return domain.screen_buyer(
+            buyer, values, ctx.now, pii=ctx.pii, pii_erased=erased, memo=ctx.screened
+        )
 
     async def _take(
         self,
@@ -349,9 +507,10 @@ class RouterHandler:
         entry: domain.PlannedOffer,
         buyer: ev.BuyerState,
         ctx: Context,
+        pending: Pending,
     ) -> tuple[ev.Rejection | None, list[store.Reservation]]:
         """Claim the consumer in the buyer's duplicate window and reserve its caps, all or
-        nothing (a savepoint): a refused cap gives the claim back, and the other way round."""
+        nothing: a refused cap leaves the consumer unclaimed, and the other way round."""
         hashes: list[bytes] = []
         if buyer.dedupe_days is not None:
             need = any(f.name in ctx.pii for f in ctx.consumer)
@@ -359,51 +518,40 @@ class RouterHandler:
             if erased:
                 return domain.duplicate_unknowable(buyer), []
             hashes = domain.consumer_hashes(self.hash_key, buyer.buyer_id, ctx.consumer, values)
-        if not hashes and not buyer.caps:
-            return None, []
-        savepoint = await conn.begin_nested()
         if hashes:
             assert buyer.dedupe_days is not None
-            fresh = await store.claim_consumer(
-                conn, buyer.buyer_id, hashes, r.lead_id, ctx.now, buyer.dedupe_days
-            )
-            if not fresh:
-                await savepoint.rollback()
+            args = (buyer.buyer_id, hashes, r.lead_id, ctx.now, buyer.dedupe_days)
+            if not await pending.claims.free(conn, *args):
                 return domain.duplicate_for(buyer), []
-        taken = []
-        for cap in store.ordered_caps(buyer.caps):
-            reservation = await store.reserve(
-                conn, buyer.buyer_id, cap, buyer.timezone, entry.price, ctx.now
+        taken: list[store.Reservation] = []
+        if buyer.caps:
+            reserved = await pending.caps.reserve(
+                conn, buyer.buyer_id, buyer.caps, buyer.timezone, entry.price, ctx.now
             )
-            if reservation is None:
-                await savepoint.rollback()
-                return domain.cap_full(buyer, cap.period.value, cap.max_usd is not None), []
-            taken.append(reservation)
-        await savepoint.commit()
+            if not isinstance(reserved, list):
+                return domain.cap_full(
+                    buyer, reserved.period.value, reserved.max_usd is not None
+                ), []
+            taken = reserved
+        if hashes:
+            pending.claims.take(*args)
         return None, taken
 
-    async def _offer(
+    def _offer(
         self,
-        conn: AsyncConnection,
         r: store.Routing,
         entry: domain.PlannedOffer,
         taken: list[store.Reservation],
         ctx: Context,
         cause: Event,
+        pending: Pending,
     ) -> tuple[Event, uuid.UUID]:
         w = r.walk
         w.attempt += 1
         sale = w.sales + 1
         delivery_id = derived_id("delivery", r.lead_id, entry.buyer_id, w.attempt)
-        await store.insert_offer(
-            conn,
-            delivery_id=delivery_id,
-            lead_id=r.lead_id,
-            buyer_id=entry.buyer_id,
-            attempt=w.attempt,
-            sale=sale,
-            price=entry.price,
-            reservations=taken,
+        pending.offers[delivery_id] = store.Offer(
+            delivery_id, r.lead_id, entry.buyer_id, w.attempt, sale, entry.price, taken
         )
         log.info(
             "lead_offered",
@@ -472,10 +620,11 @@ def _common(r: store.Routing, cause: Event) -> dict[str, Any]:
     }
 
 
-def _reasons(rejections: Sequence[ev.Rejection]) -> dict[str, list[str]]:
-    """Buyers passed over, by reason code; never the details, which may quote a lead's
-    (non-personal) values."""
-    by_code: dict[str, list[str]] = {}
+def _reasons(rejections: Sequence[ev.Rejection]) -> dict[str, int]:
+    """How many buyers were passed over, by reason code. Never the details, which may
+    quote a lead's (non-personal) values; the buyers themselves are on the routing's row
+    and in ``LeadRoutingExhausted`` (listing them here cost a lead more than routing it)."""
+    by_code: dict[str, int] = {}
     for x in rejections:
-        by_code.setdefault(x.code.value, []).append(x.buyer_id.hex if x.buyer_id else "-")
+        by_code[x.code.value] = by_code.get(x.code.value, 0) + 1
     return by_code

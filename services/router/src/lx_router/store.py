@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import psycopg.errors
 from lx_routing import caps
 from lx_schemas.events import (
     BuyerState,
@@ -20,6 +21,7 @@ from lx_schemas.events import (
     SourceState,
 )
 from lx_schemas.rules import Cap, Margin
+from pydantic import TypeAdapter
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -114,6 +116,8 @@ async def next_round_robin(conn: AsyncConnection, campaign_id: uuid.UUID) -> int
 
 # --- routings -------------------------------------------------------------------------------
 
+# --- routings -------------------------------------------------------------------------------
+
 
 @dataclass
 class Routing:
@@ -129,63 +133,122 @@ class Routing:
     promised: Decimal | None = None
 
 
-async def routing_exists(conn: AsyncConnection, lead_id: uuid.UUID) -> bool:
-    row = await conn.execute(text("select 1 from routings where lead_id = :l"), {"l": lead_id})
-    return row.first() is not None
+_REJECTIONS = TypeAdapter(list[Rejection])
 
 
-def _walk_params(r: Routing) -> dict[str, Any]:
-    w = r.walk
-    return {
-        "l": r.lead_id,
-        "plan": json.dumps([o.to_json() for o in w.plan]),
-        "pos": w.position,
-        "att": w.attempt,
-        "sales": w.sales,
-        "max": w.max_sales,
-        "rej": json.dumps([x.model_dump(mode="json") for x in w.rejections]),
-        "st": r.status,
-    }
+async def routed_already(conn: AsyncConnection, lead_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of these leads have a routing (routed before, e.g. a replayed lead.received)."""
+    if not lead_ids:
+        return set()
+    rows = await conn.execute(
+        text("select lead_id from routings where lead_id = any(cast(:ids as uuid[]))"),
+        {"ids": list(lead_ids)},
+    )
+    return {r.lead_id for r in rows}
 
 
-async def insert_routing(conn: AsyncConnection, r: Routing) -> bool:
-    row = await conn.execute(
+class _Docs:
+    """Rows' JSON for one statement. Leads of a batch share plan entries (one buyer, one
+    price, one payout) and, screening being shared (``ScreenMemo``), rejection objects:
+    each is dumped once per statement. Keys by ``id`` are safe here: every object keyed
+    is held by the routings being written for as long as this lives."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[object, ...], dict[str, Any]] = {}
+        self._rejections: dict[int, Any] = {}
+
+    def plan(self, plan: Sequence[PlannedOffer]) -> list[dict[str, Any]]:
+        out = []
+        for o in plan:
+            key = (o.buyer_id, o.price, id(o.payout), o.price_from_response, o.bid_ref)
+            entry = self._entries.get(key)
+            if entry is None:
+                entry = self._entries[key] = {
+                    "buyer_id": str(o.buyer_id),
+                    "price": str(o.price),
+                    "payout": o.payout.model_dump(mode="json"),
+                    "price_from_response": o.price_from_response,
+                    "bid_ref": o.bid_ref,
+                }
+            out.append(entry)
+        return out
+
+    def rejections(self, rejections: Sequence[Rejection]) -> list[Any]:
+        out = []
+        for x in rejections:
+            doc = self._rejections.get(id(x))
+            if doc is None:
+                doc = self._rejections[id(x)] = x.model_dump(mode="json")
+            out.append(doc)
+        return out
+
+    def walk(self, r: Routing) -> dict[str, Any]:
+        w = r.walk
+        return {
+            "l": str(r.lead_id),
+            "plan": self.plan(w.plan),
+            "pos": w.position,
+            "att": w.attempt,
+            "sales": w.sales,
+            "mx": w.max_sales,
+            "rej": self.rejections(w.rejections),
+            "st": r.status,
+        }
+
+
+# Rows go to PostgreSQL as one JSON document (``jsonb_to_recordset``) rather than as
+# arrays, one per column: psycopg escapes array elements in Python, which for the large
+# JSON columns (the lead, its plan, its reasons) cost more than deciding the leads.
+_WALK_COLUMNS = "l uuid, plan jsonb, pos int, att int, sales int, mx int, rej jsonb, st text"
+
+
+def _doc(rows: Sequence[dict[str, Any]]) -> str:
+    return json.dumps(rows, separators=(",", ":"))
+
+
+async def insert_routings(conn: AsyncConnection, rs: Sequence[Routing]) -> int:
+    """Insert new routings in one statement; returns how many were new."""
+    if not rs:
+        return 0
+    docs = _Docs()
+    rows = await conn.execute(
         text(
             "insert into routings (lead_id, account_id, campaign_id, source_id, lead, plan,"
             " position, attempt, sales, max_sales, rejections, status, ping_id, margin, promised)"
-            " values (:l, :a, :c, :s, cast(:lead as jsonb), cast(:plan as jsonb), :pos, :att,"
-            " :sales, :max, cast(:rej as jsonb), :st, :ping, cast(:margin as jsonb), :prom)"
+            " select l, a, c, s, lead, plan, pos, att, sales, mx, rej, st, ping, margin, prom"
+            f" from jsonb_to_recordset(cast(:rows as jsonb)) as v({_WALK_COLUMNS},"
+            " a uuid, c uuid, s uuid, lead jsonb, ping uuid, margin jsonb, prom numeric)"
             " on conflict (lead_id) do nothing returning lead_id"
         ),
         {
-            **_walk_params(r),
-            "a": r.account_id,
-            "c": r.campaign_id,
-            "s": r.source_id,
-            "lead": r.lead.model_dump_json(),
-            "ping": r.ping_id,
-            "margin": r.margin.model_dump_json(),
-            "prom": r.promised,
+            "rows": _doc(
+                [
+                    {
+                        **docs.walk(r),
+                        "a": str(r.account_id),
+                        "c": str(r.campaign_id),
+                        "s": str(r.source_id),
+                        "lead": r.lead.model_dump(mode="json"),
+                        "ping": str(r.ping_id) if r.ping_id is not None else None,
+                        "margin": r.margin.model_dump(mode="json"),
+                        "prom": str(r.promised) if r.promised is not None else None,
+                    }
+                    for r in rs
+                ]
+            )
         },
     )
-    return row.first() is not None
+    return len(rows.all())
 
 
-async def routing_for_update(conn: AsyncConnection, lead_id: uuid.UUID) -> Routing | None:
-    row = (
-        await conn.execute(
-            text("select * from routings where lead_id = :l for update"), {"l": lead_id}
-        )
-    ).first()
-    if row is None:
-        return None
+def _routing(row: Any) -> Routing:
     walk = Walk(
         plan=[PlannedOffer.from_json(o) for o in row.plan],
         position=row.position,
         attempt=row.attempt,
         sales=row.sales,
         max_sales=row.max_sales,
-        rejections=[Rejection.model_validate(x) for x in row.rejections],
+        rejections=_REJECTIONS.validate_python(row.rejections),
     )
     return Routing(
         row.lead_id,
@@ -201,18 +264,47 @@ async def routing_for_update(conn: AsyncConnection, lead_id: uuid.UUID) -> Routi
     )
 
 
-async def save_routing(conn: AsyncConnection, r: Routing) -> None:
+async def routings_for_update(
+    conn: AsyncConnection, lead_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, Routing]:
+    """These leads' routings, locked (in lead id order, so two routers never wait on each
+    other in a cycle); leads without one are left out."""
+    if not lead_ids:
+        return {}
+    rows = await conn.execute(
+        text(
+            "select * from routings where lead_id = any(cast(:ids as uuid[]))"
+            " order by lead_id for update"
+        ),
+        {"ids": sorted(set(lead_ids))},
+    )
+    return {r.lead_id: _routing(r) for r in rows}
+
+
+async def save_routings(conn: AsyncConnection, rs: Sequence[Routing]) -> None:
+    if not rs:
+        return
+    docs = _Docs()
     await conn.execute(
         text(
-            "update routings set plan = cast(:plan as jsonb), position = :pos, attempt = :att,"
-            " sales = :sales, max_sales = :max, rejections = cast(:rej as jsonb), status = :st,"
-            " updated_at = now() where lead_id = :l"
+            "update routings r set plan = v.plan, position = v.pos, attempt = v.att,"
+            " sales = v.sales, max_sales = v.mx, rejections = v.rej, status = v.st,"
+            " updated_at = now()"
+            f" from jsonb_to_recordset(cast(:rows as jsonb)) as v({_WALK_COLUMNS})"
+            " where r.lead_id = v.l"
         ),
-        _walk_params(r),
+        {"rows": _doc([docs.walk(r) for r in sorted(rs, key=lambda r: r.lead_id)])},
     )
 
 
 # --- caps as reservations -------------------------------------------------------------------
+
+
+class DecisionConflictError(psycopg.errors.SerializationFailure):
+    """Another router committed, between this batch's reading of a cap counter or of the
+    duplicate index and its writing, what this batch's decisions did not count on. A
+    serialization failure on purpose: the platform's consumer treats it as transient and
+    retries the batch, which then decides on what was committed."""
 
 
 @dataclass(frozen=True)
@@ -247,111 +339,279 @@ def _unit(cap: Cap) -> str:
 
 
 def ordered_caps(buyer_caps: Sequence[Cap]) -> list[Cap]:
-    """One global lock order for a buyer's counters, so reservations never deadlock
-    against each other on one buyer."""
+    """One order for a buyer's counters (the order they are reserved and refused in)."""
     return sorted(buyer_caps, key=lambda c: (c.period.value, _unit(c)))
 
 
-_RESERVE = text(
-    "insert into cap_counters (buyer_id, period, unit, bucket, used)"
-    " select :b, :p, :u, :k, cast(:n as numeric) where cast(:n as numeric) <= cast(:max as numeric)"
+CounterKey = tuple[uuid.UUID, str, str, dt.datetime]  # buyer, period, unit, bucket
+
+
+def counter_key(buyer_id: uuid.UUID, cap: Cap, timezone: str, now: dt.datetime) -> CounterKey:
+    return (buyer_id, cap.period.value, _unit(cap), caps.bucket_start(cap.period, timezone, now))
+
+
+_READ_COUNTERS = text(
+    "select buyer_id, period, unit, bucket, used from cap_counters"
+    " join unnest(cast(:b as uuid[]), cast(:p as text[]), cast(:u as text[]),"
+    " cast(:k as timestamptz[])) as v(b, p, u, k)"
+    " on buyer_id = v.b and period = v.p and unit = v.u and bucket = v.k"
+)
+
+# Adds each counter's reservations of the batch, but only where the sum stays within the
+# cap: the check is the write, under the row's lock, so of two routers the second waits
+# for the first's commit and is judged against it (READ COMMITTED re-checks the WHERE).
+_ADD_TO_COUNTERS = text(
+    "with v as (select * from unnest(cast(:b as uuid[]), cast(:p as text[]),"
+    " cast(:u as text[]), cast(:k as timestamptz[]), cast(:n as numeric[]),"
+    " cast(:m as numeric[])) as v(b, p, u, k, n, m))"
+    " insert into cap_counters (buyer_id, period, unit, bucket, used)"
+    " select b, p, u, k, n from v where n <= m order by b, p, u, k"
     " on conflict (buyer_id, period, unit, bucket) do update"
     " set used = cap_counters.used + excluded.used"
-    " where cap_counters.used + excluded.used <= cast(:max as numeric)"
-    " returning used"
+    " where cap_counters.used + excluded.used <= (select v.m from v where v.b ="
+    " excluded.buyer_id and v.p = excluded.period and v.u = excluded.unit"
+    " and v.k = excluded.bucket)"
+    " returning buyer_id"
 )
 
 
-async def reserve(
-    conn: AsyncConnection,
-    buyer_id: uuid.UUID,
-    cap: Cap,
-    timezone: str,
-    price: Decimal,
-    now: dt.datetime,
-) -> Reservation | None:
-    """Take one lead (or its price) of ``cap``'s current bucket, or None if that would
-    exceed it. The check is the write: the conditional update runs under the counter
-    row's lock, and a concurrent router's reservation waits for this transaction and is
-    then judged against what it committed (READ COMMITTED re-checks the WHERE)."""
-    taken = Reservation(
-        cap.period.value,
-        _unit(cap),
-        caps.bucket_start(cap.period, timezone, now),
-        caps.amount(cap, price),
-    )
-    row = await conn.execute(
-        _RESERVE,
-        {
-            "b": buyer_id,
-            "p": taken.period,
-            "u": taken.unit,
-            "k": taken.bucket,
-            "n": taken.amount,
-            "max": caps.limit(cap),
-        },
-    )
-    return taken if row.first() is not None else None
+class CapLedger:
+    """A batch's cap counters: read once, reserved in memory lead after lead, and written
+    when the batch ends in one conditional statement. Should another router have taken
+    what this batch counted on meanwhile, that statement comes short and
+    ``DecisionConflictError`` makes the consumer decide the batch again: no cap is ever
+    exceeded, and a lead that does not fit is offered to the next buyer."""
 
+    def __init__(self) -> None:
+        self._used: dict[CounterKey, Decimal] = {}  # as read, plus what this batch took
+        self._added: dict[CounterKey, Decimal] = {}  # what this batch took, not yet written
+        self._limit: dict[CounterKey, Decimal] = {}
 
-async def claim_consumer(
-    conn: AsyncConnection,
-    buyer_id: uuid.UUID,
-    hashes: Sequence[bytes],
-    lead_id: uuid.UUID,
-    now: dt.datetime,
-    days: int,
-) -> bool:
-    """Record that ``buyer_id`` is offered this consumer now; False if it was offered
-    the same consumer (any of its hashes) by another lead within ``days``. Like ingest's
-    duplicate index, the claim is the check: of two concurrent leads of one consumer,
-    the second waits on the first's row and then finds it inside the window."""
-    cutoff = now - dt.timedelta(days=days)
-    for h in hashes:
-        row = await conn.execute(
-            text(
-                "insert into buyer_consumers (buyer_id, consumer_hash, lead_id, seen_at)"
-                " values (:b, :h, :l, :now)"
-                " on conflict (buyer_id, consumer_hash) do update"
-                " set lead_id = excluded.lead_id, seen_at = excluded.seen_at"
-                " where buyer_consumers.seen_at <= :cutoff"
-                " or buyer_consumers.lead_id = excluded.lead_id"
-                " returning lead_id"
-            ),
-            {"b": buyer_id, "h": h, "l": lead_id, "now": now, "cutoff": cutoff},
+    async def load(self, conn: AsyncConnection, keys: Sequence[CounterKey]) -> None:
+        """Read the counters not read yet (one statement; absent rows count as 0)."""
+        missing = sorted({k for k in keys if k not in self._used})
+        if not missing:
+            return
+        rows = await conn.execute(
+            _READ_COUNTERS,
+            {
+                "b": [k[0] for k in missing],
+                "p": [k[1] for k in missing],
+                "u": [k[2] for k in missing],
+                "k": [k[3] for k in missing],
+            },
         )
-        if row.first() is None:
-            return False
-    return True
+        for k in missing:
+            self._used[k] = Decimal(0)
+        for r in rows:
+            self._used[(r.buyer_id, r.period, r.unit, r.bucket)] = r.used
+
+    async def reserve(
+        self,
+        conn: AsyncConnection,
+        buyer_id: uuid.UUID,
+        buyer_caps: Sequence[Cap],
+        timezone: str,
+        price: Decimal,
+        now: dt.datetime,
+    ) -> list[Reservation] | Cap:
+        """Take one lead (or its price) of each cap's current bucket, all or nothing; the
+        first cap that would be exceeded when not."""
+        ordered = ordered_caps(buyer_caps)
+        keys = [counter_key(buyer_id, c, timezone, now) for c in ordered]
+        await self.load(conn, keys)
+        taken: list[tuple[CounterKey, Decimal, Decimal]] = []
+        for cap, key in zip(ordered, keys, strict=True):
+            amount, limit = caps.amount(cap, price), caps.limit(cap)
+            # Two caps of one period and unit share a counter: judged one after the other.
+            already = sum((n for k, n, _ in taken if k == key), Decimal(0))
+            if self._used[key] + already + amount > limit:
+                return cap
+            taken.append((key, amount, limit))
+        for key, amount, limit in taken:
+            self._used[key] += amount
+            self._added[key] = self._added.get(key, Decimal(0)) + amount
+            self._limit[key] = max(limit, self._limit.get(key, limit))
+        return [Reservation(k[1], k[2], k[3], n) for k, n, _ in taken]
+
+    def released(self, buyer_id: uuid.UUID, taken: Sequence[Reservation]) -> None:
+        """Counters that ``release_offer`` just gave back in the database."""
+        for r in taken:
+            key = (buyer_id, r.period, r.unit, r.bucket)
+            if key in self._used:
+                self._used[key] = max(self._used[key] - r.amount, Decimal(0))
+
+    async def flush(self, conn: AsyncConnection) -> None:
+        added = {k: n for k, n in self._added.items() if n > 0}
+        self._added.clear()
+        if not added:
+            return
+        keys = sorted(added)  # one lock order for every router
+        rows = await conn.execute(
+            _ADD_TO_COUNTERS,
+            {
+                "b": [k[0] for k in keys],
+                "p": [k[1] for k in keys],
+                "u": [k[2] for k in keys],
+                "k": [k[3] for k in keys],
+                "n": [added[k] for k in keys],
+                "m": [self._limit[k] for k in keys],
+            },
+        )
+        if len(rows.all()) != len(keys):
+            raise DecisionConflictError("a cap counter changed under this batch")
+
+
+# --- per-buyer duplicate windows ------------------------------------------------------------
+
+
+ClaimKey = tuple[uuid.UUID, bytes]  # buyer, consumer hash
+
+
+@dataclass(frozen=True)
+class Claim:
+    lead_id: uuid.UUID
+    seen_at: dt.datetime
+
+
+_READ_CLAIMS = text(
+    "select buyer_id, consumer_hash, lead_id, seen_at from buyer_consumers"
+    " join unnest(cast(:b as uuid[]), cast(:h as bytea[])) as v(b, h)"
+    " on buyer_id = v.b and consumer_hash = v.h"
+)
+
+# Like the counters: each claim is written only where the consumer is still free for the
+# buyer (outside its window, or this lead's own claim), so of two concurrent leads of one
+# consumer the second waits on the first's row and then finds it inside the window.
+_WRITE_CLAIMS = text(
+    "with v as (select * from unnest(cast(:b as uuid[]), cast(:h as bytea[]),"
+    " cast(:l as uuid[]), cast(:s as timestamptz[]), cast(:c as timestamptz[]))"
+    " as v(b, h, l, s, c))"
+    " insert into buyer_consumers (buyer_id, consumer_hash, lead_id, seen_at)"
+    " select b, h, l, s from v order by b, h"
+    " on conflict (buyer_id, consumer_hash) do update"
+    " set lead_id = excluded.lead_id, seen_at = excluded.seen_at"
+    " where buyer_consumers.lead_id = excluded.lead_id or buyer_consumers.seen_at <="
+    " (select v.c from v where v.b = excluded.buyer_id and v.h = excluded.consumer_hash)"
+    " returning buyer_id"
+)
+
+
+class ConsumerClaims:
+    """A batch's view of the per-buyer duplicate index: read once, claimed in memory lead
+    after lead, written when the batch ends (conditionally, as ``CapLedger``)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[ClaimKey, Claim | None] = {}
+        self._claimed: dict[ClaimKey, tuple[Claim, dt.datetime]] = {}  # claim, cutoff
+
+    async def load(self, conn: AsyncConnection, keys: Sequence[ClaimKey]) -> None:
+        missing = sorted({k for k in keys if k not in self._seen})
+        if not missing:
+            return
+        rows = await conn.execute(
+            _READ_CLAIMS, {"b": [k[0] for k in missing], "h": [k[1] for k in missing]}
+        )
+        for k in missing:
+            self._seen[k] = None
+        for r in rows:
+            self._seen[(r.buyer_id, bytes(r.consumer_hash))] = Claim(r.lead_id, r.seen_at)
+
+    async def free(
+        self,
+        conn: AsyncConnection,
+        buyer_id: uuid.UUID,
+        hashes: Sequence[bytes],
+        lead_id: uuid.UUID,
+        now: dt.datetime,
+        days: int,
+    ) -> bool:
+        """False if ``buyer_id`` was offered the same consumer (any of its hashes) by
+        another lead within ``days``."""
+        keys = [(buyer_id, h) for h in hashes]
+        await self.load(conn, keys)
+        cutoff = now - dt.timedelta(days=days)
+        for k in keys:
+            seen = self._seen[k]
+            if seen is not None and seen.seen_at > cutoff and seen.lead_id != lead_id:
+                return False
+        return True
+
+    def take(
+        self,
+        buyer_id: uuid.UUID,
+        hashes: Sequence[bytes],
+        lead_id: uuid.UUID,
+        now: dt.datetime,
+        days: int,
+    ) -> None:
+        """Record that ``buyer_id`` is offered this consumer now (after ``free``)."""
+        mine, cutoff = Claim(lead_id, now), now - dt.timedelta(days=days)
+        for h in hashes:
+            self._seen[(buyer_id, h)] = mine
+            self._claimed[(buyer_id, h)] = (mine, cutoff)
+
+    async def flush(self, conn: AsyncConnection) -> None:
+        claimed = dict(self._claimed)
+        self._claimed.clear()
+        if not claimed:
+            return
+        keys = sorted(claimed)
+        rows = await conn.execute(
+            _WRITE_CLAIMS,
+            {
+                "b": [k[0] for k in keys],
+                "h": [k[1] for k in keys],
+                "l": [claimed[k][0].lead_id for k in keys],
+                "s": [claimed[k][0].seen_at for k in keys],
+                "c": [claimed[k][1] for k in keys],
+            },
+        )
+        if len(rows.all()) != len(keys):
+            raise DecisionConflictError("a consumer was claimed under this batch")
 
 
 # --- offers ---------------------------------------------------------------------------------
 
 
-async def insert_offer(
-    conn: AsyncConnection,
-    *,
-    delivery_id: uuid.UUID,
-    lead_id: uuid.UUID,
-    buyer_id: uuid.UUID,
-    attempt: int,
-    sale: int,
-    price: Decimal,
-    reservations: Sequence[Reservation],
-) -> None:
+@dataclass
+class Offer:
+    delivery_id: uuid.UUID
+    lead_id: uuid.UUID
+    buyer_id: uuid.UUID
+    attempt: int
+    sale: int
+    price: Decimal
+    reservations: list[Reservation]
+    status: str = "pending"  # pending | accepted | released
+
+
+async def insert_offers(conn: AsyncConnection, offers: Sequence[Offer]) -> None:
+    if not offers:
+        return
     await conn.execute(
         text(
             "insert into offers (delivery_id, lead_id, buyer_id, attempt, sale, price, status,"
-            " reservations) values (:d, :l, :b, :a, :s, :p, 'pending', cast(:r as jsonb))"
+            " reservations) select d, l, b, a, s, p, st, r"
+            " from jsonb_to_recordset(cast(:rows as jsonb)) as v(d uuid, l uuid, b uuid,"
+            " a int, s int, p numeric, st text, r jsonb)"
         ),
         {
-            "d": delivery_id,
-            "l": lead_id,
-            "b": buyer_id,
-            "a": attempt,
-            "s": sale,
-            "p": price,
-            "r": json.dumps([x.to_json() for x in reservations]),
+            "rows": _doc(
+                [
+                    {
+                        "d": str(o.delivery_id),
+                        "l": str(o.lead_id),
+                        "b": str(o.buyer_id),
+                        "a": o.attempt,
+                        "s": o.sale,
+                        "p": str(o.price),
+                        "st": o.status,
+                        "r": [x.to_json() for x in o.reservations],
+                    }
+                    for o in offers
+                ]
+            )
         },
     )
 
@@ -363,9 +623,12 @@ async def accept_offer(conn: AsyncConnection, delivery_id: uuid.UUID) -> None:
     )
 
 
-async def release_offer(conn: AsyncConnection, delivery_id: uuid.UUID) -> list[Reservation]:
+async def release_offer(
+    conn: AsyncConnection, delivery_id: uuid.UUID
+) -> tuple[uuid.UUID, list[Reservation]] | None:
     """Give the offer's reservations back, exactly once: only the first final refusal
-    finds it pending. The buckets are the ones recorded at offer time."""
+    finds it pending. The buckets are the ones recorded at offer time. Returns the buyer
+    and what was given back, or None when nothing was."""
     row = (
         await conn.execute(
             text(
@@ -376,7 +639,7 @@ async def release_offer(conn: AsyncConnection, delivery_id: uuid.UUID) -> list[R
         )
     ).first()
     if row is None:
-        return []
+        return None
     taken = [Reservation.from_json(x) for x in row.reservations]
     for r in sorted(taken, key=lambda r: (r.period, r.unit)):
         await conn.execute(
@@ -386,16 +649,7 @@ async def release_offer(conn: AsyncConnection, delivery_id: uuid.UUID) -> list[R
             ),
             {"b": row.buyer_id, "p": r.period, "u": r.unit, "k": r.bucket, "n": r.amount},
         )
-    return taken
-
-
-async def offer_buyer(conn: AsyncConnection, delivery_id: uuid.UUID) -> uuid.UUID | None:
-    row = (
-        await conn.execute(
-            text("select buyer_id from offers where delivery_id = :d"), {"d": delivery_id}
-        )
-    ).first()
-    return None if row is None else row.buyer_id
+    return row.buyer_id, taken
 
 
 async def buyer_name(conn: AsyncConnection, buyer_id: uuid.UUID) -> str:
