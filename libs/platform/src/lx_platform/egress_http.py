@@ -110,6 +110,26 @@ class PinnedTransport(httpx.AsyncHTTPTransport):
         )
 
 
+def buyer_client(
+    policy: EgressPolicy, *, max_connections: int, user_agent: str
+) -> httpx.AsyncClient:
+    """The client every call to a buyer's endpoint goes through (posts and pings).
+
+    Every connection passes the egress policy and goes to the address it checked;
+    redirects are never followed (a buyer endpoint answers itself or fails, and a
+    redirect could point anywhere); no proxy or netrc from the environment.
+    """
+    limits = httpx.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_connections
+    )
+    return httpx.AsyncClient(
+        transport=PinnedTransport(policy, limits=limits),
+        follow_redirects=False,
+        trust_env=False,
+        headers={"user-agent": user_agent},
+    )
+
+
 async def read_capped(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
     """At most ``limit`` bytes of a buyer's answer, and whether there was more: an
     endpoint may answer without end, and memory is the platform's, not the buyer's."""

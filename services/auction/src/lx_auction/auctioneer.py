@@ -22,7 +22,7 @@ from lx_integrations.responses import BidReading, read_bid
 from lx_integrations.templates import TemplateError, render
 from lx_platform.db import Database
 from lx_platform.egress import EgressPolicy, EgressRefusedError, parse_endpoint
-from lx_platform.egress_http import PinnedTransport, read_capped
+from lx_platform.egress_http import buyer_client, read_capped
 from lx_platform.logging import get_logger
 from lx_platform.metrics import Metrics
 from lx_platform.outbox import Outbox, OutboxRelay
@@ -90,17 +90,8 @@ class Auctioneer:
         self.egress = egress
         self.keys = keys
         self.clock = clock
-        limits = httpx.Limits(
-            max_connections=settings.max_connections,
-            max_keepalive_connections=settings.max_connections,
-        )
-        # As delivery's: every connection through the egress policy, to the address it
-        # checked; redirects never followed (a bid endpoint answers itself or fails).
-        self.client = httpx.AsyncClient(
-            transport=PinnedTransport(egress, limits=limits),
-            follow_redirects=False,
-            trust_env=False,
-            headers={"user-agent": "LeadExchange-Auction/1.0"},
+        self.client = buyer_client(
+            egress, max_connections=settings.max_connections, user_agent="LeadExchange-Auction/1.0"
         )
 
     async def start(self) -> None:

@@ -26,7 +26,7 @@ from lx_platform.consumer import is_transient
 from lx_platform.crypto import open_fields, seal_bytes
 from lx_platform.db import Database
 from lx_platform.egress import EgressPolicy, EgressRefusedError, parse_endpoint
-from lx_platform.egress_http import PinnedTransport
+from lx_platform.egress_http import buyer_client, read_capped
 from lx_platform.leadkeys import KeyUnavailableError, LeadKeys
 from lx_platform.logging import get_logger
 from lx_platform.metrics import Metrics
@@ -69,15 +69,10 @@ class DeliveryWorker:
         self.config_keys = config_keys
         # Per process: each delivery process judges a buyer by what it sees itself.
         self.breakers = Breakers(clock=clock, on_change=self._breaker_changed)
-        limits = httpx.Limits(max_connections=settings.max_in_flight * 2)
-        # Every connection goes through the egress policy, to the address it checked
-        # (lx_platform.egress_http). Redirects are not followed: a buyer endpoint answers
-        # itself or fails, and a redirect could point anywhere.
-        self.client = httpx.AsyncClient(
-            transport=PinnedTransport(egress, limits=limits),
-            follow_redirects=False,
-            trust_env=False,
-            headers={"user-agent": "LeadExchange-Delivery/1.0"},
+        self.client = buyer_client(
+            egress,
+            max_connections=settings.max_in_flight * 2,
+            user_agent="LeadExchange-Delivery/1.0",
         )
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(settings.max_in_flight)
@@ -247,7 +242,7 @@ class DeliveryWorker:
                     status = response.status_code
                     content_type = response.headers.get("content-type")
                     peer = _peer(response)
-                    answer, truncated = await _read_capped(response, self.settings.log_limit_bytes)
+                    answer, truncated = await read_capped(response, self.settings.log_limit_bytes)
             if truncated:
                 verdict = domain.Verdict(R.ERROR, "response_too_large", False)
             else:
@@ -504,12 +499,3 @@ def _peer(response: httpx.Response) -> str | None:
         host = str(address[0])
         return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
     return None
-
-
-async def _read_capped(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
-    body = bytearray()
-    async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) > limit:
-            return bytes(body[:limit]), True
-    return bytes(body), False
