@@ -64,7 +64,7 @@ def test_analytics_buckets_by_event_hour_and_counts_only_final_results() -> None
             ),
         ),
     ]
-    out = deltas(events)
+    out = deltas(events).stats
     ten, eleven = AT.replace(minute=0, second=0), AT.replace(hour=11, minute=0, second=0)
     assert out[(ten, CAMP, SRC, NO_BUYER)]["received"] == 1
     assert (ten, CAMP, SRC, BUY) not in out  # a non-final try is not an error yet

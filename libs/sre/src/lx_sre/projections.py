@@ -26,14 +26,15 @@ import typer
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from lx_analytics import handlers as analytics_handlers
+from lx_analytics.main import TOPICS as ANALYTICS_TOPICS
 from lx_analytics.settings import AnalyticsSettings
 from lx_billing import handlers as billing_handlers
+from lx_billing.main import TOPICS as BILLING_TOPICS
 from lx_billing.settings import BillingSettings
 from lx_platform.consumer import BatchHandler, Consumed, claim_events
 from lx_platform.db import Database, apply_migrations
 from lx_platform.settings import KafkaSettings, ServiceSettings
 from lx_schemas.envelope import UnknownEventError, decode_event
-from lx_schemas.topics import DELIVERY_OUTCOME, LEAD_RECEIVED, LEAD_ROUTED, USAGE_INCREMENTED
 from lx_schemas.topics import TopicSpec as Topic
 from pydantic import ValidationError
 from rich.progress import (
@@ -71,16 +72,29 @@ PROJECTIONS = {
         "billing",
         "lx_billing",
         billing_handlers.project,
-        (USAGE_INCREMENTED, DELIVERY_OUTCOME),
-        ("usage_monthly", "ledger_transactions", "ledger_entries"),
+        BILLING_TOPICS,
+        (
+            "usage_monthly",
+            "ledger_transactions",
+            "ledger_entries",
+            "plans",
+            "subscriptions",
+            "subscription_terms",
+            "payments",
+            "prepaid_buyers",
+            "account_limits",
+            "invoices",
+            "invoice_lines",
+        ),
         BillingSettings,
     ),
     "analytics": Projection(
         "analytics",
         "lx_analytics",
         analytics_handlers.project,
-        (LEAD_RECEIVED, LEAD_ROUTED, DELIVERY_OUTCOME),
-        ("hourly_stats",),
+        ANALYTICS_TOPICS,
+        # Not export_runs: the exports' audit is no projection state and survives rebuilds.
+        ("hourly_stats", "rejections_hourly", "latency_hourly", "exports"),
         AnalyticsSettings,
     ),
 }

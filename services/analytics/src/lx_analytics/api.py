@@ -7,11 +7,15 @@ import uuid
 from decimal import Decimal
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from lx_platform.http import operator_guard
 from lx_platform.runtime import Runtime
+from lx_schemas import events as ev
 from lx_schemas.envelope import Frozen
+from pydantic import AwareDatetime, Field
 from sqlalchemy import text
+
+from lx_analytics import domain, reports
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(operator_guard())], tags=["analytics"])
 
@@ -61,7 +65,9 @@ async def hourly(
     async with rt.db.begin() as conn:
         rows = await conn.execute(
             text(
-                f"select * from hourly_stats {where} order by hour, campaign_id, source_id,"
+                "select hour, campaign_id, source_id, buyer_id, revenue, "
+                + ", ".join(domain.V1_COUNTERS)
+                + f" from hourly_stats {where} order by hour, campaign_id, source_id,"
                 " buyer_id limit 10000"
             ),
             params,
@@ -77,3 +83,162 @@ async def hourly(
             )
             for r in rows
         ]
+
+
+# --- reports --------------------------------------------------------------------------------
+
+
+class Report(Frozen):
+    granularity: ev.ReportGranularity
+    group_by: tuple[ev.ReportDimension, ...]
+    period_from: dt.datetime = Field(serialization_alias="from")
+    period_to: dt.datetime = Field(serialization_alias="to")
+    latency_resolution: str = domain.LATENCY_RESOLUTION
+    rows: list[reports.ReportRow]
+
+
+def _bad(code: str, detail: str) -> HTTPException:
+    return HTTPException(422, {"code": code, "detail": detail})
+
+
+@router.get(
+    "/reports",
+    response_model=Report,
+    response_model_by_alias=True,
+    responses={422: {"description": "invalid_period, report_too_large or a bad parameter"}},
+)
+async def report(
+    request: Request,
+    since: Annotated[AwareDatetime, Query(alias="from", description="inclusive, UTC offset")],
+    until: Annotated[AwareDatetime, Query(alias="to", description="exclusive, UTC offset")],
+    granularity: ev.ReportGranularity = ev.ReportGranularity.HOUR,
+    group_by: Annotated[list[ev.ReportDimension] | None, Query()] = None,
+    campaign_id: uuid.UUID | None = None,
+    source_id: uuid.UUID | None = None,
+    buyer_id: uuid.UUID | None = None,
+) -> Report:
+    """Received, accepted, rejected by reason, duplicates, pings, bids, won, sold, unsold,
+    returned, revenue (sale prices less returned prices), payout, margin, buyer response
+    latency p50/p95/p99 and the ping-to-post ratio, by event-time UTC hour or day (or the
+    whole period: ``granularity=all``), filtered and grouped by campaign, source, buyer
+    (``group_by`` repeated). Hours are whole: one is in if it starts in [from, to).
+    Filtering by buyer keeps only buyer-level metrics."""
+    if until <= since:
+        raise _bad("invalid_period", "'to' must be after 'from'")
+    try:
+        query = ev.ExportQuery(
+            granularity=granularity,
+            group_by=tuple(group_by or ()),
+            campaign_id=campaign_id,
+            source_id=source_id,
+            buyer_id=buyer_id,
+        )
+    except ValueError as exc:
+        raise _bad("invalid_group_by", str(exc).splitlines()[-1]) from None
+    rt: Runtime = request.app.state.runtime
+    try:
+        async with rt.db.begin() as conn:
+            rows = await reports.report(conn, query, since, until)
+    except reports.ReportTooLargeError as exc:
+        raise _bad("report_too_large", f"{exc}: narrow the period, filters or grouping") from None
+    return Report(
+        granularity=granularity,
+        group_by=query.group_by,
+        period_from=since.astimezone(dt.UTC),
+        period_to=until.astimezone(dt.UTC),
+        rows=rows,
+    )
+
+
+# --- scheduled exports ----------------------------------------------------------------------
+
+
+class ExportCommand(Frozen):
+    """Set up (or change) a scheduled CSV export of a report."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    status: ev.Status = ev.Status.ACTIVE
+    query: ev.ExportQuery
+    every_hours: Annotated[int, Field(ge=1, le=24 * 31)]
+    retention_days: Annotated[int, Field(ge=1, le=3650)]
+    configured_by: Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class Export(Frozen):
+    export_id: uuid.UUID
+    name: str
+    status: ev.Status
+    query: ev.ExportQuery
+    every_hours: int
+    retention_days: int
+    configured_by: str
+    configured_at: dt.datetime
+
+
+class ExportRun(Frozen):
+    run_id: uuid.UUID
+    export_id: uuid.UUID
+    name: str
+    configured_by: str
+    configured_at: dt.datetime
+    query: ev.ExportQuery
+    period_from: dt.datetime
+    period_to: dt.datetime
+    run_at: dt.datetime
+    file_name: str
+    rows: int
+    sha256: str
+    expires_at: dt.datetime
+    deleted_at: dt.datetime | None
+
+
+async def _publish(request: Request, export_id: uuid.UUID, cmd: ExportCommand) -> ev.ExportState:
+    rt: Runtime = request.app.state.runtime
+    state = ev.ExportState(export_id=export_id, **cmd.model_dump())
+    event = ev.ExportConfigured.new(
+        account_id=domain.NO_BUYER,  # platform-wide: no account
+        correlation_id=export_id,
+        producer="analytics",
+        payload=state,
+    )
+    # Through the outbox: the projection builds ``exports`` from the event, so a rebuild
+    # from the log reproduces every export's configuration.
+    async with rt.db.begin() as conn:
+        await rt.outbox.stage(conn, event, export_id)
+    return state
+
+
+@router.post("/exports", status_code=status.HTTP_202_ACCEPTED, response_model=ev.ExportState)
+async def create_export(cmd: ExportCommand, request: Request) -> ev.ExportState:
+    """Set up a scheduled export; it appears in ``GET /v1/exports`` once projected."""
+    return await _publish(request, uuid.uuid4(), cmd)
+
+
+@router.put(
+    "/exports/{export_id}", status_code=status.HTTP_202_ACCEPTED, response_model=ev.ExportState
+)
+async def replace_export(
+    export_id: uuid.UUID, cmd: ExportCommand, request: Request
+) -> ev.ExportState:
+    """Change an export (its full state; ``status: paused`` stops its runs)."""
+    return await _publish(request, export_id, cmd)
+
+
+@router.get("/exports", response_model=list[Export])
+async def list_exports(request: Request) -> list[Export]:
+    rt: Runtime = request.app.state.runtime
+    async with rt.db.begin() as conn:
+        rows = await conn.execute(text("select * from exports order by configured_at, export_id"))
+        return [Export.model_validate(dict(r._mapping)) for r in rows]
+
+
+@router.get("/exports/{export_id}/runs", response_model=list[ExportRun])
+async def export_runs(export_id: uuid.UUID, request: Request) -> list[ExportRun]:
+    """The audit of an export's runs, kept after their files are deleted."""
+    rt: Runtime = request.app.state.runtime
+    async with rt.db.begin() as conn:
+        rows = await conn.execute(
+            text("select * from export_runs where export_id = :e order by run_at"),
+            {"e": export_id},
+        )
+        return [ExportRun.model_validate(dict(r._mapping)) for r in rows]
