@@ -912,6 +912,269 @@ class UsageIncremented(Event):
     payload: UsageIncrementedPayload
 
 
+# --- billing.operations ---------------------------------------------------------------------
+# Operators' billing decisions, validated by billing's command API and published through its
+# outbox; billing's projection builds plans, subscriptions, payments and invoices from them.
+
+SignedUsd = Annotated[Decimal, Field(max_digits=14, decimal_places=2)]
+PositiveUsd = Annotated[Decimal, Field(max_digits=14, decimal_places=2, gt=0)]
+Text200 = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+def _first_of_month(day: dt.date | None) -> dt.date | None:
+    if day is not None and day.day != 1:
+        raise ValueError("billing periods are UTC calendar months: give the 1st of a month")
+    return day
+
+
+class PlanDefinedPayload(Frozen):
+    """A plan, immutable once defined (a new price is a new plan). ``hard_cap``: leads
+    received per period beyond which ingest refuses the account's posts (None: no cap)."""
+
+    plan_id: uuid.UUID
+    name: Text200
+    monthly_fee: Usd
+    included_leads: Annotated[int, Field(ge=0)]
+    overage_price: Usd
+    hard_cap: Annotated[int, Field(ge=0)] | None = None
+
+
+class PlanDefined(Event):
+    """Plans are platform-wide: the envelope's ``account_id`` is the nil UUID."""
+
+    TYPE: ClassVar[str] = "PlanDefined"
+    VERSION: ClassVar[int] = 1
+    type: Literal["PlanDefined"]
+    schema_version: Literal[1]
+    payload: PlanDefinedPayload
+
+
+class SubscriptionStartedPayload(Frozen):
+    """The account on ``plan_id`` from ``starts_on`` until ``ends_on`` (exclusive; None:
+    open), both the 1st of a month."""
+
+    subscription_id: uuid.UUID
+    plan_id: uuid.UUID
+    starts_on: dt.date
+    ends_on: dt.date | None = None
+
+    _months = field_validator("starts_on", "ends_on")(_first_of_month)
+
+
+class SubscriptionStarted(Event):
+    TYPE: ClassVar[str] = "SubscriptionStarted"
+    VERSION: ClassVar[int] = 1
+    type: Literal["SubscriptionStarted"]
+    schema_version: Literal[1]
+    payload: SubscriptionStartedPayload
+
+
+class SubscriptionChangedPayload(Frozen):
+    """The subscription moves to ``plan_id`` from the period starting ``effective_from``."""
+
+    subscription_id: uuid.UUID
+    plan_id: uuid.UUID
+    effective_from: dt.date
+
+    _months = field_validator("effective_from")(_first_of_month)
+
+
+class SubscriptionChanged(Event):
+    TYPE: ClassVar[str] = "SubscriptionChanged"
+    VERSION: ClassVar[int] = 1
+    type: Literal["SubscriptionChanged"]
+    schema_version: Literal[1]
+    payload: SubscriptionChangedPayload
+
+
+class SubscriptionEndedPayload(Frozen):
+    subscription_id: uuid.UUID
+    ends_on: dt.date  # exclusive: the first period no longer covered
+
+    _months = field_validator("ends_on")(_first_of_month)
+
+
+class SubscriptionEnded(Event):
+    TYPE: ClassVar[str] = "SubscriptionEnded"
+    VERSION: ClassVar[int] = 1
+    type: Literal["SubscriptionEnded"]
+    schema_version: Literal[1]
+    payload: SubscriptionEndedPayload
+
+
+class PaymentMethod(StrEnum):
+    CARD = "card"
+    ACH = "ach"
+    WIRE = "wire"
+    CHECK = "check"
+    CASH = "cash"
+    OTHER = "other"
+
+
+class PaymentRecordedPayload(Frozen):
+    """A payment the account made to the platform, recorded by an operator: its own
+    reference, and the payment provider's (e.g. a card processor's charge id) as data."""
+
+    payment_id: uuid.UUID
+    amount: PositiveUsd
+    method: PaymentMethod
+    reference: Text200
+    provider: Annotated[str, Field(max_length=100)] | None = None
+    provider_ref: Annotated[str, Field(max_length=200)] | None = None
+
+
+class PaymentRecorded(Event):
+    TYPE: ClassVar[str] = "PaymentRecorded"
+    VERSION: ClassVar[int] = 1
+    type: Literal["PaymentRecorded"]
+    schema_version: Literal[1]
+    payload: PaymentRecordedPayload
+
+
+class FundsDepositedPayload(Frozen):
+    """Money a buyer paid the account in advance: its sales draw on it (prepaid buyer)."""
+
+    deposit_id: uuid.UUID
+    buyer_id: uuid.UUID
+    amount: PositiveUsd
+    method: PaymentMethod
+    reference: Text200
+    provider: Annotated[str, Field(max_length=100)] | None = None
+    provider_ref: Annotated[str, Field(max_length=200)] | None = None
+
+
+class FundsDeposited(Event):
+    TYPE: ClassVar[str] = "FundsDeposited"
+    VERSION: ClassVar[int] = 1
+    type: Literal["FundsDeposited"]
+    schema_version: Literal[1]
+    payload: FundsDepositedPayload
+
+
+class BuyerCreditLimitSetPayload(Frozen):
+    """A prepaid buyer may run its balance down to ``-credit_limit``."""
+
+    buyer_id: uuid.UUID
+    credit_limit: Usd
+
+
+class BuyerCreditLimitSet(Event):
+    TYPE: ClassVar[str] = "BuyerCreditLimitSet"
+    VERSION: ClassVar[int] = 1
+    type: Literal["BuyerCreditLimitSet"]
+    schema_version: Literal[1]
+    payload: BuyerCreditLimitSetPayload
+
+
+class InvoiceLineKind(StrEnum):
+    PLAN_FEE = "plan_fee"
+    OVERAGE = "overage"
+    LEAD_CHARGES = "lead_charges"  # what the account's buyers were charged, per buyer
+    RETURNS = "returns"  # credited back to buyers, per buyer
+    PAYMENT = "payment"
+
+
+class InvoiceLine(Frozen):
+    kind: InvoiceLineKind
+    description: Annotated[str, Field(max_length=500)]
+    quantity: Annotated[int, Field(ge=0)]
+    unit_price: Usd | None = None
+    amount: SignedUsd
+    buyer_id: uuid.UUID | None = None
+    reference: Annotated[str, Field(max_length=200)] | None = None
+
+
+class InvoiceIssuedPayload(Frozen):
+    """An account's invoice for one period, its lines computed from the ledger when it
+    was issued (carried here, so a replay books exactly what was issued)."""
+
+    invoice_id: uuid.UUID
+    period_start: dt.date
+    period_end: dt.date
+    plan_id: uuid.UUID | None = None
+    lines: Annotated[tuple[InvoiceLine, ...], Field(max_length=10_000)]
+    amount_due: SignedUsd
+
+    _months = field_validator("period_start", "period_end")(_first_of_month)
+
+
+class InvoiceIssued(Event):
+    TYPE: ClassVar[str] = "InvoiceIssued"
+    VERSION: ClassVar[int] = 1
+    type: Literal["InvoiceIssued"]
+    schema_version: Literal[1]
+    payload: InvoiceIssuedPayload
+
+
+class InvoicePaidPayload(Frozen):
+    invoice_id: uuid.UUID
+    payment_id: uuid.UUID | None = None
+
+
+class InvoicePaid(Event):
+    TYPE: ClassVar[str] = "InvoicePaid"
+    VERSION: ClassVar[int] = 1
+    type: Literal["InvoicePaid"]
+    schema_version: Literal[1]
+    payload: InvoicePaidPayload
+
+
+class InvoiceVoidedPayload(Frozen):
+    invoice_id: uuid.UUID
+    reason: Annotated[str, Field(min_length=1, max_length=1000)]
+
+
+class InvoiceVoided(Event):
+    TYPE: ClassVar[str] = "InvoiceVoided"
+    VERSION: ClassVar[int] = 1
+    type: Literal["InvoiceVoided"]
+    schema_version: Literal[1]
+    payload: InvoiceVoidedPayload
+
+
+# --- billing.limits -------------------------------------------------------------------------
+# What billing derives for the services that enforce it: ingest (and router).
+
+
+class AccountLimitChangedPayload(Frozen):
+    """The account reached (or no longer is at) its plan's hard cap for the period that
+    ends ``period_end``; after ``period_end`` it no longer holds, whatever follows."""
+
+    over_plan: bool
+    reason: Annotated[str, Field(max_length=1000)]
+    plan_id: uuid.UUID | None = None
+    plan_name: Annotated[str, Field(max_length=200)] | None = None
+    hard_cap: Annotated[int, Field(ge=0)] | None = None
+    period_start: dt.date
+    period_end: dt.datetime
+
+
+class AccountLimitChanged(Event):
+    TYPE: ClassVar[str] = "AccountLimitChanged"
+    VERSION: ClassVar[int] = 1
+    type: Literal["AccountLimitChanged"]
+    schema_version: Literal[1]
+    payload: AccountLimitChangedPayload
+
+
+class BuyerFundsChangedPayload(Frozen):
+    """A prepaid buyer ran out of funds (balance at or below ``-credit_limit``) or was
+    topped up. ``balance``: deposits less sales plus returns; negative when in credit."""
+
+    buyer_id: uuid.UUID
+    has_funds: bool
+    balance: SignedUsd
+    credit_limit: Usd
+
+
+class BuyerFundsChanged(Event):
+    TYPE: ClassVar[str] = "BuyerFundsChanged"
+    VERSION: ClassVar[int] = 1
+    type: Literal["BuyerFundsChanged"]
+    schema_version: Literal[1]
+    payload: BuyerFundsChangedPayload
+
+
 ConfigEvent = AccountConfigured | CampaignConfigured | SourceConfigured | BuyerConfigured
 LeadEvent = (
     LeadReceived
@@ -925,3 +1188,63 @@ LeadEvent = (
 )
 PingEvent = PingReceived | BuyerPinged | AuctionClosed
 FINAL_OUTCOMES = (LeadSold, LeadUnsold)
+
+
+# --- export.configured ----------------------------------------------------------------------
+
+
+class ReportGranularity(StrEnum):
+    HOUR = "hour"
+    DAY = "day"  # UTC days
+    ALL = "all"  # the whole period as one row
+
+
+class ReportDimension(StrEnum):
+    CAMPAIGN = "campaign"
+    SOURCE = "source"
+    BUYER = "buyer"
+
+
+class ExportQuery(Frozen):
+    """An analytics report over the ``window_hours`` whole UTC hours before each run."""
+
+    granularity: ReportGranularity = ReportGranularity.HOUR
+    group_by: Annotated[tuple[ReportDimension, ...], Field(max_length=3)] = ()
+    campaign_id: uuid.UUID | None = None
+    source_id: uuid.UUID | None = None
+    buyer_id: uuid.UUID | None = None
+    window_hours: Annotated[int, Field(ge=1, le=24 * 366)] = 24
+
+    @field_validator("group_by")
+    @classmethod
+    def _distinct_dimensions(
+        cls, group_by: tuple[ReportDimension, ...]
+    ) -> tuple[ReportDimension, ...]:
+        if len(set(group_by)) != len(group_by):
+            raise ValueError("each dimension may be named once")
+        return group_by
+
+
+class ExportState(Frozen):
+    """A scheduled CSV export's full state (``ExportConfigured``): run every
+    ``every_hours``; each file is deleted ``retention_days`` after its run."""
+
+    export_id: uuid.UUID
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    status: Status = Status.ACTIVE
+    format: Literal["csv"] = "csv"
+    query: ExportQuery
+    every_hours: Annotated[int, Field(ge=1, le=24 * 31)]
+    retention_days: Annotated[int, Field(ge=1, le=3650)]
+    configured_by: Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class ExportConfigured(Event):
+    """An operator's command, validated by analytics and published (platform-wide: the
+    envelope's ``account_id`` is the nil UUID)."""
+
+    TYPE: ClassVar[str] = "ExportConfigured"
+    VERSION: ClassVar[int] = 1
+    type: Literal["ExportConfigured"]
+    schema_version: Literal[1]
+    payload: ExportState

@@ -94,6 +94,43 @@ USAGE_INCREMENTED = TopicSpec(
     description="Metered usage per account, for plans and billing.",
 )
 
+EXPORT_CONFIGURED = TopicSpec(
+    "export.configured",
+    partitions=1,
+    key="export id",
+    events=(ev.ExportConfigured,),
+    description="Scheduled analytics exports as operators configure them (full state).",
+)
+BILLING_OPERATIONS = TopicSpec(
+    "billing.operations",
+    partitions=3,
+    key="account id (plans: plan id)",
+    events=(
+        ev.PlanDefined,
+        ev.SubscriptionStarted,
+        ev.SubscriptionChanged,
+        ev.SubscriptionEnded,
+        ev.PaymentRecorded,
+        ev.FundsDeposited,
+        ev.BuyerCreditLimitSet,
+        ev.InvoiceIssued,
+        ev.InvoicePaid,
+        ev.InvoiceVoided,
+    ),
+    description="Operators' billing decisions (plans, subscriptions, payments, prepaid"
+    " deposits, invoices), validated by billing's API; billing projects them.",
+)
+BILLING_LIMITS = TopicSpec(
+    "billing.limits",
+    partitions=3,
+    key="account id (AccountLimitChanged) or buyer id (BuyerFundsChanged)",
+    events=(ev.AccountLimitChanged, ev.BuyerFundsChanged),
+    # Only each account's and buyer's latest state matters to the services enforcing it.
+    config={"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
+    description="Derived by billing: accounts over their plan's cap (ingest refuses their"
+    " posts) and prepaid buyers out of funds (router skips them).",
+)
+
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     CONFIG_CHANGED,
     LEAD_RECEIVED,
@@ -101,6 +138,9 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     LEAD_ROUTED,
     DELIVERY_OUTCOME,
     USAGE_INCREMENTED,
+    BILLING_OPERATIONS,
+    BILLING_LIMITS,
+    EXPORT_CONFIGURED,
 )
 DEAD_LETTER_PARTITIONS = 1
 

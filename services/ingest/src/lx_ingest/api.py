@@ -2,11 +2,12 @@
 
 A lead goes through, in order: the API key (401), the source's rate limit (429
 ``rate_limited``), its IP allow-list (403 ``ip_not_allowed``), the source's and
-campaign's status (403), the body (413, 400), the ``Idempotency-Key`` (a replay, 409 or
-422), the campaign's fields (422 ``invalid_fields``), its duplicate check (422
-``duplicate_lead``) and the source's caps (429 ``source_cap``), both decided in the
-transaction that stores the lead; for the post of a ping, the claim of its auction
-(404/409/410/422); then Kafka (202, or 503 leaving nothing behind).
+campaign's status (403), its account's plan (429 ``account_over_plan``), the body
+(413, 400), the ``Idempotency-Key`` (a replay, 409 or 422), the campaign's fields
+(422 ``invalid_fields``), its duplicate check (422 ``duplicate_lead``) and the
+source's caps (429 ``source_cap``), both decided in the transaction that stores the
+lead; for the post of a ping, the claim of its auction (404/409/410/422); then Kafka
+(202, or 503 leaving nothing behind).
 
 Every refusal names its code and, in ``reason``, the ``RejectionCode`` it counts as.
 Once the source is known, a refused post gets a lead id (in the answer), a row the
@@ -130,6 +131,10 @@ POST_RESPONSES: dict[int | str, dict[str, Any]] = {
         "rate_limited",
         "more posts per second than the source may send; see Retry-After",
         ("source_cap", "the source's hourly, daily or monthly cap is reached; see Retry-After"),
+        (
+            "account_over_plan",
+            "the account reached its plan's cap for the month; see Retry-After and resets_at",
+        ),
     ),
     503: _error("unavailable", "the lead could not be stored durably; retry"),
 }
@@ -188,6 +193,7 @@ REASON_OF = {
     "source_cap": RC.SOURCE_CAP,
     "rate_limited": RC.RATE_LIMITED,
     "ping_expired": RC.PING_EXPIRED,
+    "account_over_plan": RC.ACCOUNT_OVER_PLAN,
 }
 # The auction's claim refusals, as the source gets them (status, code, words).
 CLAIM_REFUSALS = {
@@ -358,6 +364,9 @@ async def gate(
         refusal = (403, "source_paused", "this source is paused")
     if refusal is None and source.campaign_status != ev.Status.ACTIVE:
         refusal = (403, "campaign_paused", "this source's campaign is paused")
+    until = source.over_plan_until
+    if refusal is None and until is not None and (now := utcnow()) < until:
+        return await over_plan(rt, source, kind, until, now)
     if refusal is None:
         return None
     status, code, detail = refusal
@@ -365,6 +374,31 @@ async def gate(
         return problem(status, code, detail, reason=REASON_OF[code].value)
     return await refuse(
         rt, source, uuid.uuid4(), status, code, detail, _one(REASON_OF[code], detail)
+    )
+
+
+async def over_plan(
+    rt: Runtime, source: store.SourceContext, kind: str, until: dt.datetime, now: dt.datetime
+) -> Response:
+    """The account reached its plan's hard cap (billing's word): 429, as for a source's
+    cap, since the refusal is a quota that lifts by itself at a known time (Retry-After:
+    when the period resets); a 403 would tell the source to stop, not to wait."""
+    resets = until.astimezone(dt.UTC).isoformat()
+    detail = f"this account is over its plan: {source.over_plan_reason}; it resets at {resets}"
+    wait = domain.retry_after_s((until - now).total_seconds())
+    code = RC.ACCOUNT_OVER_PLAN
+    if kind == "ping":
+        return _with_retry_after(problem(429, code.value, detail, reason=code.value), wait)
+    return await refuse(
+        rt,
+        source,
+        uuid.uuid4(),
+        429,
+        code.value,
+        detail,
+        _one(code, detail),
+        retry_after=wait,
+        resets_at=resets,
     )
 
 

@@ -1,5 +1,6 @@
-"""Ingest's consumers: configuration it needs (``config.changed``), and the outcomes
-sources ask about (``delivery.outcome``)."""
+"""Ingest's consumers: configuration it needs (``config.changed``), the outcomes
+sources ask about (``delivery.outcome``), and accounts over their plan
+(``billing.limits``)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ async def handle(conn: AsyncConnection, batch: Sequence[Consumed]) -> None:
             await store.upsert_campaign(conn, event.payload)
         elif isinstance(event, ev.SourceConfigured):
             await store.upsert_source(conn, event.payload)
+        elif isinstance(event, ev.AccountLimitChanged):
+            await store.set_account_limit(conn, event.account_id, event.payload)
         elif isinstance(event, ev.LeadSold):
             sale = event.payload
             sales.append(

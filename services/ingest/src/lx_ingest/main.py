@@ -21,7 +21,7 @@ def create_service(settings: IngestSettings | None = None) -> FastAPI:
     rt.on_stop.append(pruner.stop)
     rt.consume(
         group_id="ingest",
-        topics=[topics.CONFIG_CHANGED, topics.DELIVERY_OUTCOME],
+        topics=[topics.CONFIG_CHANGED, topics.DELIVERY_OUTCOME, topics.BILLING_LIMITS],
         handler=handlers.handle,
     )
     app = create_app(

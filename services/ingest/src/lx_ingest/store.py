@@ -11,7 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lx_platform.crypto import KeyWrapper, new_data_key
-from lx_schemas.events import CampaignState, DedupeRule, FieldSpec, Rejection, SourceState
+from lx_schemas.events import (
+    AccountLimitChangedPayload,
+    CampaignState,
+    DedupeRule,
+    FieldSpec,
+    Rejection,
+    SourceState,
+)
 from lx_schemas.rules import PingPost, SourceCap, SourceCapPeriod, SourceControls
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -30,6 +37,9 @@ class SourceContext:
     dedupe: DedupeRule | None = None
     controls: SourceControls = field(default_factory=SourceControls)
     ping_post: PingPost = field(default_factory=PingPost)
+    # Over its plan's cap until this instant (billing's AccountLimitChanged), and why.
+    over_plan_until: dt.datetime | None = None
+    over_plan_reason: str | None = None
 
 
 async def source_by_key_hash(conn: AsyncConnection, key_sha256: str) -> SourceContext | None:
@@ -37,8 +47,10 @@ async def source_by_key_hash(conn: AsyncConnection, key_sha256: str) -> SourceCo
         await conn.execute(
             text(
                 "select s.source_id, s.account_id, s.campaign_id, s.status as source_status,"
-                " s.controls, c.status as campaign_status, c.fields, c.dedupe, c.ping_post"
+                " s.controls, c.status as campaign_status, c.fields, c.dedupe, c.ping_post,"
+                " l.period_end as over_plan_until, l.reason as over_plan_reason"
                 " from sources s left join campaigns c using (campaign_id)"
+                " left join account_limits l on l.account_id = s.account_id and l.over_plan"
                 " where s.api_key_sha256 = :h"
             ),
             {"h": key_sha256},
@@ -57,6 +69,32 @@ async def source_by_key_hash(conn: AsyncConnection, key_sha256: str) -> SourceCo
         DedupeRule.model_validate(row.dedupe) if row.dedupe else None,
         SourceControls.model_validate(row.controls or {}),
         PingPost.model_validate(row.ping_post) if row.ping_post else PingPost(),
+        row.over_plan_until,
+        row.over_plan_reason,
+    )
+
+
+async def set_account_limit(
+    conn: AsyncConnection, account_id: uuid.UUID, limit: AccountLimitChangedPayload
+) -> None:
+    """Keep billing's latest word on the account (``AccountLimitChangedPayload``); its
+    topic is ordered per account, and a state of an earlier period never replaces one of
+    a later."""
+    await conn.execute(
+        text(
+            "insert into account_limits (account_id, over_plan, reason, plan_name, period_end)"
+            " values (:a, :o, :r, :p, :e) on conflict (account_id) do update"
+            " set over_plan = excluded.over_plan, reason = excluded.reason,"
+            " plan_name = excluded.plan_name, period_end = excluded.period_end"
+            " where account_limits.period_end <= excluded.period_end"
+        ),
+        {
+            "a": account_id,
+            "o": limit.over_plan,
+            "r": limit.reason,
+            "p": limit.plan_name,
+            "e": limit.period_end,
+        },
     )
 
 
