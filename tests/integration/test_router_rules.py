@@ -482,3 +482,45 @@ async def test_a_post_is_screened_again_on_its_own_fields_personal_data_included
         (C.FILTER, ids["Texan"]),
         (C.BUYER_REJECTED, ids["Anyone"]),
     ]
+
+
+# --- prepaid funds (billing.limits) ---------------------------------------------------------
+
+
+def funds(buyer_id: uuid.UUID, account: uuid.UUID, has: bool, balance: str) -> ev.BuyerFundsChanged:
+    return ev.BuyerFundsChanged.new(
+        account_id=account,
+        correlation_id=buyer_id,
+        producer="test",
+        payload=ev.BuyerFundsChangedPayload(
+            buyer_id=buyer_id,
+            has_funds=has,
+            balance=Decimal(balance),
+            credit_limit=Decimal("0.00"),
+        ),
+    )
+
+
+async def test_a_prepaid_buyer_out_of_funds_is_passed_over_until_topped_up(
+    routers: Routers,
+) -> None:
+    cid, sid, ids = await setup(routers, ("Prepaid", 1, "40.00", {}), ("Postpaid", 2, "30.00", {}))
+    account = routers.world.account
+    await routers.send((funds(ids["Prepaid"], account, False, "-5.00"), ids["Prepaid"]))
+    first = routers.world.lead(cid, sid)
+    await routers.send((first, first.payload.lead_id))
+    await routers.send((funds(ids["Prepaid"], account, True, "95.00"), ids["Prepaid"]))
+    second = routers.world.lead(cid, sid)
+    await routers.send((second, second.payload.lead_id))
+    decisions = await routers.play_delivery(cid, accept_all)
+
+    by_lead = {o.payload.lead_id: o.payload.buyer_id for o in routed(decisions)}
+    assert by_lead == {
+        first.payload.lead_id: ids["Postpaid"],
+        second.payload.lead_id: ids["Prepaid"],
+    }
+    # The first lead's record says why the prepaid buyer was passed over.
+    why = await routers.scalar(
+        "select rejections::text from routings where lead_id = :l", l=first.payload.lead_id
+    )
+    assert '"no_funds"' in str(why) and str(ids["Prepaid"]) in str(why)

@@ -263,6 +263,14 @@ def cap_full(buyer: BuyerState, period: str, usd: bool) -> Rejection:
     )
 
 
+def no_funds(buyer: BuyerState) -> Rejection:
+    return Rejection(
+        code=RejectionCode.NO_FUNDS,
+        detail=f"buyer {buyer.name} has no prepaid funds or credit left",
+        buyer_id=buyer.buyer_id,
+    )
+
+
 def duplicate_for(buyer: BuyerState) -> Rejection:
     return Rejection(
         code=RejectionCode.BUYER_DUPLICATE,

@@ -98,6 +98,7 @@ class Context:
     now: dt.datetime
     screened: ScreenMemo
     ordered: list[ev.BuyerState]  # ``buyers`` by id: the order they are screened in
+    unfunded: frozenset[uuid.UUID] = frozenset()  # prepaid buyers out of funds (billing)
     skipped_from: int = 0  # the rejections already logged with an earlier decision
 
 
@@ -110,6 +111,7 @@ class BatchConfig:
     pii: dict[tuple[uuid.UUID, tuple[str, ...]], frozenset[str]] = field(default_factory=dict)
     campaigns: dict[uuid.UUID, ev.CampaignState | None] = field(default_factory=dict)
     sources: dict[uuid.UUID, ev.SourceState | None] = field(default_factory=dict)
+    unfunded: dict[uuid.UUID, frozenset[uuid.UUID]] = field(default_factory=dict)
     screened: ScreenMemo = field(default_factory=ScreenMemo)  # shared by the batch's leads
 
     def clear(self) -> None:
@@ -118,6 +120,7 @@ class BatchConfig:
         self.pii.clear()
         self.campaigns.clear()
         self.sources.clear()
+        self.unfunded.clear()
         self.screened = ScreenMemo()
 
 
@@ -206,6 +209,8 @@ class RouterHandler:
             await store.upsert_campaign(conn, event.payload)
         elif isinstance(event, ev.SourceConfigured):
             await store.upsert_source(conn, event.payload)
+        elif isinstance(event, ev.BuyerFundsChanged):
+            await store.upsert_funds(conn, event)
         else:
             return
         config.clear()
@@ -222,6 +227,7 @@ class RouterHandler:
             cache.buyers[campaign_id] = {b.buyer_id: b for b in buyers}
             cache.ordered[campaign_id] = sorted(buyers, key=lambda b: str(b.buyer_id))
             cache.campaigns[campaign_id] = await store.campaign(conn, campaign_id)
+            cache.unfunded[campaign_id] = await store.unfunded(conn, [b.buyer_id for b in buyers])
         campaign = cache.campaigns[campaign_id]
         sealed = lead.pii.field_names if lead.pii is not None else ()
         pii = cache.pii.get((campaign_id, tuple(sealed)))
@@ -236,6 +242,7 @@ class RouterHandler:
             now=self.clock(),
             screened=cache.screened,
             ordered=cache.ordered[campaign_id],
+            unfunded=cache.unfunded[campaign_id],
         )
 
     # --- a new lead -------------------------------------------------------------------------
@@ -462,6 +469,9 @@ class RouterHandler:
             buyer = ctx.buyers.get(entry.buyer_id)
             if buyer is None:
                 w.rejections.append(domain.unknown_buyer(entry.buyer_id))
+                continue
+            if buyer.buyer_id in ctx.unfunded:
+                w.rejections.append(domain.no_funds(buyer))
                 continue
             rejection = await self._judge(r, entry, buyer, ctx, rescreen=rescreen)
             if rejection is None:

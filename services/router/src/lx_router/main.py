@@ -17,7 +17,12 @@ def create_service(settings: RouterSettings | None = None) -> FastAPI:
     rt.extras.update(keys=keys, handler=handler)
     rt.consume(
         group_id="router",
-        topics=[topics.CONFIG_CHANGED, topics.LEAD_RECEIVED, topics.DELIVERY_OUTCOME],
+        topics=[
+            topics.CONFIG_CHANGED,
+            topics.BILLING_LIMITS,  # prepaid buyers out of funds are passed over
+            topics.LEAD_RECEIVED,
+            topics.DELIVERY_OUTCOME,
+        ],
         handler=handler,
     )
     return create_app(

@@ -14,6 +14,7 @@ from typing import Any
 import psycopg.errors
 from lx_routing import caps
 from lx_schemas.events import (
+    BuyerFundsChanged,
     BuyerState,
     CampaignState,
     LeadContent,
@@ -657,3 +658,33 @@ async def buyer_name(conn: AsyncConnection, buyer_id: uuid.UUID) -> str:
         await conn.execute(text("select name from buyers where buyer_id = :b"), {"b": buyer_id})
     ).first()
     return str(row.name) if row is not None and row.name else str(buyer_id)
+
+
+async def upsert_funds(conn: AsyncConnection, f: BuyerFundsChanged) -> None:
+    """The buyer's funds as of this event; an older event never overwrites a newer one."""
+    await conn.execute(
+        text(
+            "insert into buyer_funds (buyer_id, has_funds, balance, occurred_at)"
+            " values (:b, :h, :bal, :at) on conflict (buyer_id) do update set"
+            " has_funds = excluded.has_funds, balance = excluded.balance,"
+            " occurred_at = excluded.occurred_at"
+            " where buyer_funds.occurred_at <= excluded.occurred_at"
+        ),
+        {
+            "b": f.payload.buyer_id,
+            "h": f.payload.has_funds,
+            "bal": f.payload.balance,
+            "at": f.occurred_at,
+        },
+    )
+
+
+async def unfunded(conn: AsyncConnection, buyer_ids: Sequence[uuid.UUID]) -> frozenset[uuid.UUID]:
+    """Those of ``buyer_ids`` that billing last said have no funds."""
+    if not buyer_ids:
+        return frozenset()
+    rows = await conn.scalars(
+        text("select buyer_id from buyer_funds where buyer_id = any(:ids) and not has_funds"),
+        {"ids": list(buyer_ids)},
+    )
+    return frozenset(rows)
