@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Request, status
 from fastapi.responses import JSONResponse
+
+if TYPE_CHECKING:
+    from lx_platform.limits import CredentialRateLimiter
 
 Check = Callable[[], Awaitable[bool]]
 
@@ -54,7 +57,8 @@ def require_internal(expected: Callable[[Request], str]) -> Callable[..., Awaita
 
 
 def require_bearer(expected: Callable[[Request], str]) -> Callable[..., Awaitable[None]]:
-    """A dependency admitting requests with ``Authorization: Bearer <expected>``."""
+    """A dependency admitting requests with ``Authorization: Bearer <expected>``, at the
+    rate the app's ``credential_limiter`` allows each token (429 ``rate_limited``)."""
 
     async def guard(
         request: Request, authorization: Annotated[str | None, Header()] = None
@@ -64,8 +68,29 @@ def require_bearer(expected: Callable[[Request], str]) -> Callable[..., Awaitabl
             token.encode(), expected(request).encode()
         ):
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "operator token required")
+        # Only a token that passed is counted: a wrong one costs a comparison, not a
+        # counter (a flood of made-up tokens would otherwise fill the limiter's memory).
+        await limit_credential(request, token)
 
     return guard
+
+
+async def limit_credential(request: Request, credential: str) -> None:
+    """Count a request of ``credential`` against the app's per-credential rate limit
+    (``app.state.credential_limiter``, if set); 429 ``rate_limited`` with Retry-After."""
+    limiter: CredentialRateLimiter | None = getattr(request.app.state, "credential_limiter", None)
+    if limiter is None:
+        return
+    wait = await limiter.admit(credential)
+    if wait is not None:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            {
+                "code": "rate_limited",
+                "detail": f"more requests with this credential than allowed; retry in {wait} s",
+            },
+            headers={"Retry-After": str(wait)},
+        )
 
 
 def operator_guard() -> Callable[..., Awaitable[None]]:

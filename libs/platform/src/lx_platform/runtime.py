@@ -23,6 +23,7 @@ from lx_platform.consumer import BatchHandler, IdempotentConsumer
 from lx_platform.db import Database, apply_migrations, ensure_database
 from lx_platform.http import health_router, problem
 from lx_platform.kafka import EventPublisher, ensure_topics, make_broker
+from lx_platform.limits import BodyLimits, CredentialRateLimiter, RequestLimits
 from lx_platform.logging import configure_logging, get_logger
 from lx_platform.metrics import HttpMetrics, Metrics
 from lx_platform.outbox import Outbox, OutboxRelay
@@ -192,7 +193,18 @@ def create_app(rt: Runtime, *, title: str, description: str = "") -> FastAPI:
         body, content_type = await rt.scrape(request.headers.get("accept", ""))
         return Response(body, media_type=content_type)
 
+    platform = rt.settings.platform
+    # Inside the metrics, so that refused bodies are counted as any other answer.
+    app.add_middleware(
+        RequestLimits,
+        limits=BodyLimits(
+            max_body_bytes=platform.max_body_bytes,
+            max_json_depth=platform.max_json_depth,
+            max_json_items=platform.max_json_items,
+        ),
+    )
     app.add_middleware(HttpMetrics, metrics=rt.metrics)
+    app.state.credential_limiter = CredentialRateLimiter(platform.operator_rate_limit)
     install_error_handlers(app)
     return app
 
@@ -213,16 +225,21 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
         if isinstance(exc.detail, dict):
-            return problem(exc.status_code, **exc.detail)
-        code = {
-            401: "unauthorized",
-            403: "forbidden",
-            404: "not_found",
-            405: "method_not_allowed",
-            409: "conflict",
-            413: "payload_too_large",
-        }.get(exc.status_code, "error")
-        return problem(exc.status_code, code, str(exc.detail))
+            response = problem(exc.status_code, **exc.detail)
+        else:
+            code = {
+                401: "unauthorized",
+                403: "forbidden",
+                404: "not_found",
+                405: "method_not_allowed",
+                409: "conflict",
+                413: "payload_too_large",
+                429: "rate_limited",
+            }.get(exc.status_code, "error")
+            response = problem(exc.status_code, code, str(exc.detail))
+        # Retry-After of a 429, Allow of a 405, WWW-Authenticate...
+        response.headers.update(exc.headers or {})
+        return response
 
 
 def serve(app: FastAPI, settings: ServiceSettings) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Any, Literal
 
+from limits import parse_many
 from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -70,7 +71,7 @@ class PlatformSettings(BaseSettings):
     auction_url: str = "http://127.0.0.1:8006"
     internal_timeout_s: float = 2.0
     # Keys sealing buyer integration secrets in config events (lx_platform.secrets):
-    # "id:base64key" comma-separated, the first seals. Admin, router and delivery need them.
+    # "id:base64key" comma-separated, the first seals. Admin, delivery and auction need them.
     config_keys: SecretStr = SecretStr(
         "devcfg1:bHgtZGV2ZWxvcG1lbnQtY29uZmlnLWtleS0zMmJ5dGU="  # development only
     )
@@ -80,6 +81,24 @@ class PlatformSettings(BaseSettings):
     egress_allow_cidrs: Annotated[tuple[IPvAnyNetwork, ...], NoDecode] = ()
     # How long a buyer endpoint's name may take to resolve (admin and delivery).
     egress_resolve_timeout_s: float = Field(2.0, gt=0)
+    # Hostile input, in every service (lx_platform.limits): a request body's bytes, how
+    # deep its JSON nests and how many members and elements it holds in all.
+    max_body_bytes: int = Field(1 << 20, ge=1)
+    # At most 500: Python's json parser recurses, and fails at about 1,000 levels.
+    max_json_depth: int = Field(32, ge=1, le=500)
+    max_json_items: int = Field(10_000, ge=1)
+    # Requests per operator token on the operator APIs (admin, billing, analytics), a
+    # `limits` rate string ("100/second;3000/minute": both hold). Counted per process.
+    operator_rate_limit: str = "100/second;3000/minute"
+
+    @field_validator("operator_rate_limit")
+    @classmethod
+    def _rate_limit_string(cls, value: str) -> str:
+        try:
+            parse_many(value)
+        except ValueError as exc:
+            raise ValueError(f"not a rate limit such as '100/second;3000/minute': {exc}") from exc
+        return value
 
     @field_validator("egress_allow_cidrs", mode="before")
     @classmethod
