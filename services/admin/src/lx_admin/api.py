@@ -6,9 +6,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Request
 from lx_platform.egress import EgressPolicy, EgressRefusedError
-from lx_platform.http import operator_guard
 from lx_platform.runtime import Runtime
 from lx_platform.secrets import ConfigKeys
 from lx_schemas import events as ev
@@ -17,13 +16,21 @@ from lx_schemas.integration import Auth, Integration, PingConfig
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from lx_admin import domain, store
+from lx_admin import audit, domain, store
+from lx_admin.access import Permission, Principal
+from lx_admin.auth import allow, authenticate, not_found
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(operator_guard())], tags=["config"])
+# Every route also names the permission it needs (``allow``); an entity of another
+# account is 404 to the caller, as one that does not exist.
+router = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)], tags=["config"])
 M = TypeVar("M", bound=BaseModel)
+Reader = Annotated[Principal, Depends(allow(Permission.CONFIG_READ))]
+Writer = Annotated[Principal, Depends(allow(Permission.CONFIG_WRITE))]
+Staff = Annotated[Principal, Depends(allow(Permission.PLATFORM))]
 ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "missing or wrong operator token"},
-    404: {"description": "no such entity"},
+    401: {"description": "no valid operator token, session token or API token"},
+    403: {"description": "`forbidden`: the caller's role lacks the permission"},
+    404: {"description": "no such entity (or one of another account)"},
 }
 INVALID: dict[int | str, dict[str, Any]] = {
     422: {
@@ -53,10 +60,7 @@ def runtime(request: Request) -> Runtime:
 Rt = Annotated[Runtime, Depends(runtime)]
 
 
-def _not_found(kind: str) -> HTTPException:
-    return HTTPException(
-        status.HTTP_404_NOT_FOUND, {"code": f"{kind}_not_found", "detail": f"no such {kind}"}
-    )
+_not_found = not_found
 
 
 def _invalid(errors: Sequence[domain.FieldError]) -> HTTPException:
@@ -161,12 +165,44 @@ def upgraded(kind: str, state: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _current(
-    conn: AsyncConnection, kind: str, entity_id: uuid.UUID, *, for_update: bool = False
+    conn: AsyncConnection,
+    kind: str,
+    entity_id: uuid.UUID,
+    who: Principal,
+    *,
+    for_update: bool = False,
 ) -> dict[str, Any]:
+    """The entity's state, if it exists for ``who``: else 404, whether missing or of
+    another account."""
     state = await store.get_state(conn, kind, entity_id, for_update=for_update)
-    if state is None:
+    if state is None or not who.sees(state.get("account_id")):
         raise _not_found(kind)
     return upgraded(kind, state)
+
+
+async def _audit(
+    conn: AsyncConnection,
+    who: Principal,
+    action: str,
+    kind: str,
+    entity_id: uuid.UUID,
+    account_id: uuid.UUID | str,
+    before: Frozen | dict[str, Any] | None,
+    after: Frozen | dict[str, Any] | None,
+) -> None:
+    def plain(state: Frozen | dict[str, Any] | None) -> Any:
+        return state.model_dump(mode="json") if isinstance(state, Frozen) else state
+
+    await audit.record(
+        conn,
+        who,
+        f"{kind}.{action}",
+        account_id=account_id,
+        entity_kind=kind,
+        entity_id=entity_id,
+        before=plain(before),
+        after=plain(after),
+    )
 
 
 # --- what answers show of a buyer ----------------------------------------------------------
@@ -212,19 +248,23 @@ def buyer_view(state: dict[str, Any] | ev.BuyerState) -> BuyerView:
 
 
 @router.post("/accounts", status_code=201, response_model=ev.AccountState, responses=ERRORS)
-async def create_account(body: domain.AccountCreate, rt: Rt) -> ev.AccountState:
+async def create_account(body: domain.AccountCreate, rt: Rt, who: Staff) -> ev.AccountState:
+    """A new account (tenant): the platform's staff only."""
     state = ev.AccountState(account_id=uuid.uuid4(), name=body.name)
     async with rt.db.begin() as conn:
         await store.insert_entity(conn, "account", state.account_id, state)
+        await _audit(
+            conn, who, "created", "account", state.account_id, state.account_id, None, state
+        )
         await _publish(rt, conn, ev.AccountConfigured, state, state.account_id, state.account_id)
     rt.relay.wake()
     return state
 
 
 @router.get("/accounts/{account_id}", response_model=ev.AccountState, responses=ERRORS)
-async def get_account(account_id: uuid.UUID, rt: Rt) -> dict[str, Any]:
+async def get_account(account_id: uuid.UUID, rt: Rt, who: Reader) -> dict[str, Any]:
     async with rt.db.begin() as conn:
-        return await _current(conn, "account", account_id)
+        return await _current(conn, "account", account_id, who)
 
 
 # --- campaigns -----------------------------------------------------------------------------
@@ -244,7 +284,7 @@ def _campaign_errors(state: ev.CampaignState) -> list[domain.FieldError]:
     responses={**ERRORS, **INVALID},
 )
 async def create_campaign(
-    account_id: uuid.UUID, body: domain.CampaignCreate, rt: Rt
+    account_id: uuid.UUID, body: domain.CampaignCreate, rt: Rt, who: Writer
 ) -> ev.CampaignState:
     """A campaign: its fields, duplicate check, distribution, margin and auctions."""
     dupes = domain.check_unique_fields(body.fields)
@@ -265,34 +305,38 @@ async def create_campaign(
     if errors:
         raise _invalid(errors)
     async with rt.db.begin() as conn:
-        await _current(conn, "account", account_id)
+        await _current(conn, "account", account_id, who)
         await store.insert_entity(conn, "campaign", state.campaign_id, state, account_id=account_id)
+        await _audit(conn, who, "created", "campaign", state.campaign_id, account_id, None, state)
         await _publish(rt, conn, ev.CampaignConfigured, state, state.campaign_id, account_id)
     rt.relay.wake()
     return state
 
 
 @router.get("/campaigns/{campaign_id}", response_model=ev.CampaignState, responses=ERRORS)
-async def get_campaign(campaign_id: uuid.UUID, rt: Rt) -> dict[str, Any]:
+async def get_campaign(campaign_id: uuid.UUID, rt: Rt, who: Reader) -> dict[str, Any]:
     async with rt.db.begin() as conn:
-        return await _current(conn, "campaign", campaign_id)
+        return await _current(conn, "campaign", campaign_id, who)
 
 
 @router.patch(
     "/campaigns/{campaign_id}", response_model=ev.CampaignState, responses={**ERRORS, **INVALID}
 )
 async def update_campaign(
-    campaign_id: uuid.UUID, body: domain.CampaignUpdate, rt: Rt
+    campaign_id: uuid.UUID, body: domain.CampaignUpdate, rt: Rt, who: Writer
 ) -> ev.CampaignState:
     """Pause or resume a campaign; change its duplicate check (null: none), distribution,
     margin or auctions. Its fields are fixed once leads may have been sent against them."""
     async with rt.db.begin() as conn:
-        current = await _current(conn, "campaign", campaign_id, for_update=True)
+        current = await _current(conn, "campaign", campaign_id, who, for_update=True)
         state = _validated(ev.CampaignState, {**current, **domain.changes(body)})
         errors = _campaign_errors(state)
         if errors:
             raise _invalid(errors)
         await store.update_entity(conn, "campaign", campaign_id, state)
+        await _audit(
+            conn, who, "updated", "campaign", campaign_id, state.account_id, current, state
+        )
         await _publish(rt, conn, ev.CampaignConfigured, state, campaign_id, state.account_id)
     rt.relay.wake()
     return state
@@ -311,12 +355,14 @@ class SourceCreated(ev.SourceState):
     response_model=SourceCreated,
     responses={**ERRORS, **INVALID},
 )
-async def create_source(campaign_id: uuid.UUID, body: domain.SourceCreate, rt: Rt) -> SourceCreated:
+async def create_source(
+    campaign_id: uuid.UUID, body: domain.SourceCreate, rt: Rt, who: Writer
+) -> SourceCreated:
     """A source and its API key (shown once). ``payout``: a plain amount (fixed),
     ``{"fixed": ...}`` or ``{"percent": ...}`` of the sale price."""
     key = domain.new_api_key()
     async with rt.db.begin() as conn:
-        campaign = await _current(conn, "campaign", campaign_id)
+        campaign = await _current(conn, "campaign", campaign_id, who)
         account_id = uuid.UUID(campaign["account_id"])
         state = ev.SourceState(
             source_id=uuid.uuid4(),
@@ -331,14 +377,16 @@ async def create_source(campaign_id: uuid.UUID, body: domain.SourceCreate, rt: R
         await store.insert_entity(
             conn, "source", state.source_id, state, account_id=account_id, campaign_id=campaign_id
         )
+        await _audit(conn, who, "created", "source", state.source_id, account_id, None, state)
         await _publish(rt, conn, ev.SourceConfigured, state, state.source_id, account_id)
     rt.relay.wake()
     return SourceCreated(**state.model_dump(), api_key=key)
 
 
 @router.get("/campaigns/{campaign_id}/sources", response_model=list[ev.SourceState])
-async def list_sources(campaign_id: uuid.UUID, rt: Rt) -> list[dict[str, Any]]:
+async def list_sources(campaign_id: uuid.UUID, rt: Rt, who: Reader) -> list[dict[str, Any]]:
     async with rt.db.begin() as conn:
+        await _current(conn, "campaign", campaign_id, who)
         rows = await store.list_states(conn, "source", "campaign", campaign_id)
     return [upgraded("source", r) for r in rows]
 
@@ -346,15 +394,18 @@ async def list_sources(campaign_id: uuid.UUID, rt: Rt) -> list[dict[str, Any]]:
 @router.patch(
     "/sources/{source_id}", response_model=ev.SourceState, responses={**ERRORS, **INVALID}
 )
-async def update_source(source_id: uuid.UUID, body: domain.SourceUpdate, rt: Rt) -> ev.SourceState:
+async def update_source(
+    source_id: uuid.UUID, body: domain.SourceUpdate, rt: Rt, who: Writer
+) -> ev.SourceState:
     """Pause or resume a source; change its payout or its controls."""
     patch = domain.changes(body)
     if body.payout is not None:
         patch["payout"] = domain.as_payout(body.payout).model_dump(mode="json")
     async with rt.db.begin() as conn:
-        current = await _current(conn, "source", source_id, for_update=True)
+        current = await _current(conn, "source", source_id, who, for_update=True)
         state = _validated(ev.SourceState, {**current, **patch})
         await store.update_entity(conn, "source", source_id, state)
+        await _audit(conn, who, "updated", "source", source_id, state.account_id, current, state)
         await _publish(rt, conn, ev.SourceConfigured, state, source_id, state.account_id)
     rt.relay.wake()
     return state
@@ -394,8 +445,10 @@ async def _check_endpoints(rt: Runtime, body: domain.BuyerCreate | domain.BuyerU
         await _check_endpoint(rt, str(body.ping.url), "ping.url")
 
 
-async def _check_buyer(conn: AsyncConnection, state: ev.BuyerState) -> None:
-    campaign = ev.CampaignState.model_validate(await _current(conn, "campaign", state.campaign_id))
+async def _check_buyer(conn: AsyncConnection, state: ev.BuyerState, who: Principal) -> None:
+    campaign = ev.CampaignState.model_validate(
+        await _current(conn, "campaign", state.campaign_id, who)
+    )
     errors = domain.buyer_errors(campaign.fields, state)
     if errors:
         raise _invalid(errors)
@@ -407,7 +460,9 @@ async def _check_buyer(conn: AsyncConnection, state: ev.BuyerState) -> None:
     response_model=BuyerCreated,
     responses=BUYER_ERRORS,
 )
-async def create_buyer(campaign_id: uuid.UUID, body: domain.BuyerCreate, rt: Rt) -> BuyerCreated:
+async def create_buyer(
+    campaign_id: uuid.UUID, body: domain.BuyerCreate, rt: Rt, who: Writer
+) -> BuyerCreated:
     """A buyer: its endpoint and integration, filters, schedule, caps, pricing, auctions.
     Secrets come in clear and are sealed at once; the signing secret is made here and
     shown once."""
@@ -430,7 +485,7 @@ async def create_buyer(campaign_id: uuid.UUID, body: domain.BuyerCreate, rt: Rt)
     if body.acceptance is not None:
         data["integration"] = domain.acceptance_integration(body.acceptance).model_dump(mode="json")
     async with rt.db.begin() as conn:
-        campaign = await _current(conn, "campaign", campaign_id)
+        campaign = await _current(conn, "campaign", campaign_id, who)
         account_id = uuid.UUID(campaign["account_id"])
         state = _validated(
             ev.BuyerState,
@@ -442,10 +497,11 @@ async def create_buyer(campaign_id: uuid.UUID, body: domain.BuyerCreate, rt: Rt)
                 "signing_secret": keys.seal(signing_secret).model_dump(),
             },
         )
-        await _check_buyer(conn, state)
+        await _check_buyer(conn, state, who)
         await store.insert_entity(
             conn, "buyer", state.buyer_id, state, account_id=account_id, campaign_id=campaign_id
         )
+        await _audit(conn, who, "created", "buyer", state.buyer_id, account_id, None, state)
         await _publish(rt, conn, ev.BuyerConfigured, state, state.buyer_id, account_id)
     rt.relay.wake()
     view = buyer_view(state)
@@ -453,30 +509,34 @@ async def create_buyer(campaign_id: uuid.UUID, body: domain.BuyerCreate, rt: Rt)
 
 
 @router.get("/campaigns/{campaign_id}/buyers", response_model=list[BuyerView])
-async def list_buyers(campaign_id: uuid.UUID, rt: Rt) -> list[BuyerView]:
+async def list_buyers(campaign_id: uuid.UUID, rt: Rt, who: Reader) -> list[BuyerView]:
     async with rt.db.begin() as conn:
+        await _current(conn, "campaign", campaign_id, who)
         rows = await store.list_states(conn, "buyer", "campaign", campaign_id)
     return [buyer_view(upgraded("buyer", r)) for r in rows]
 
 
 @router.get("/buyers/{buyer_id}", response_model=BuyerView, responses=ERRORS)
-async def get_buyer(buyer_id: uuid.UUID, rt: Rt) -> BuyerView:
+async def get_buyer(buyer_id: uuid.UUID, rt: Rt, who: Reader) -> BuyerView:
     async with rt.db.begin() as conn:
-        return buyer_view(await _current(conn, "buyer", buyer_id))
+        return buyer_view(await _current(conn, "buyer", buyer_id, who))
 
 
 @router.patch("/buyers/{buyer_id}", response_model=BuyerView, responses=BUYER_ERRORS)
-async def update_buyer(buyer_id: uuid.UUID, body: domain.BuyerUpdate, rt: Rt) -> BuyerView:
+async def update_buyer(
+    buyer_id: uuid.UUID, body: domain.BuyerUpdate, rt: Rt, who: Writer
+) -> BuyerView:
     """Change any of a buyer's settings, pause or resume it. Only what is sent changes."""
     await _check_endpoints(rt, body)
     async with rt.db.begin() as conn:
-        current_json = await _current(conn, "buyer", buyer_id, for_update=True)
+        current_json = await _current(conn, "buyer", buyer_id, who, for_update=True)
         current = ev.BuyerState.model_validate(current_json)
         patch = domain.changes(body)
         patch.update(_sealed_parts(body, config_keys(rt), current))
         state = _validated(ev.BuyerState, {**current_json, **patch})
-        await _check_buyer(conn, state)
+        await _check_buyer(conn, state, who)
         await store.update_entity(conn, "buyer", buyer_id, state)
+        await _audit(conn, who, "updated", "buyer", buyer_id, state.account_id, current_json, state)
         await _publish(rt, conn, ev.BuyerConfigured, state, buyer_id, state.account_id)
     rt.relay.wake()
     return buyer_view(state)
@@ -487,14 +547,17 @@ async def update_buyer(buyer_id: uuid.UUID, body: domain.BuyerUpdate, rt: Rt) ->
     response_model=SigningSecret,
     responses=ERRORS,
 )
-async def rotate_signing_secret(buyer_id: uuid.UUID, rt: Rt) -> SigningSecret:
+async def rotate_signing_secret(buyer_id: uuid.UUID, rt: Rt, who: Writer) -> SigningSecret:
     """A new signing secret for the buyer's requests, shown once; the old one stops."""
     secret = domain.new_signing_secret()
     sealed = config_keys(rt).seal(secret)
     async with rt.db.begin() as conn:
-        current = await _current(conn, "buyer", buyer_id, for_update=True)
+        current = await _current(conn, "buyer", buyer_id, who, for_update=True)
         state = ev.BuyerState.model_validate({**current, "signing_secret": sealed.model_dump()})
         await store.update_entity(conn, "buyer", buyer_id, state)
+        await _audit(
+            conn, who, "signing_secret_rotated", "buyer", buyer_id, state.account_id, current, state
+        )
         await _publish(rt, conn, ev.BuyerConfigured, state, buyer_id, state.account_id)
     rt.relay.wake()
     return SigningSecret(buyer_id=buyer_id, key_id=sealed.key_id, signing_secret_value=secret)
@@ -507,7 +570,7 @@ class Resealed(BaseModel):
 
 
 @router.post("/config-keys/reseal", response_model=Resealed, responses=ERRORS)
-async def reseal_secrets(rt: Rt) -> Resealed:
+async def reseal_secrets(rt: Rt, who: Staff) -> Resealed:
     """Re-seal every buyer secret under the current config key and republish the buyers
     that changed: the step of a config key rotation between adding the new key (first in
     ``LX_PLATFORM_CONFIG_KEYS``) and removing the old one. Safe to run again."""
@@ -518,12 +581,13 @@ async def reseal_secrets(rt: Rt) -> Resealed:
     for buyer_id in ids:  # one transaction per buyer: a long rotation holds no big lock
         async with rt.db.begin() as conn:
             state = ev.BuyerState.model_validate(
-                await _current(conn, "buyer", buyer_id, for_update=True)
+                await _current(conn, "buyer", buyer_id, who, for_update=True)
             )
             fresh = domain.reseal_buyer(state, keys)
             if fresh is None:
                 continue
             await store.update_entity(conn, "buyer", buyer_id, fresh)
+            await _audit(conn, who, "resealed", "buyer", buyer_id, fresh.account_id, state, fresh)
             await _publish(rt, conn, ev.BuyerConfigured, fresh, buyer_id, fresh.account_id)
             resealed += 1
     rt.relay.wake()

@@ -6,7 +6,7 @@ from lx_platform.runtime import build_runtime, create_app
 from lx_platform.secrets import ConfigKeys
 from lx_schemas import topics
 
-from lx_admin import api, returns, trace
+from lx_admin import api, audit, returns, trace, users
 from lx_admin.settings import AdminSettings
 
 
@@ -40,10 +40,13 @@ def create_service(
     app = create_app(
         rt,
         title="LeadExchange admin API",
-        description="Accounts, campaigns, sources, buyers, returns and the lead trace.",
+        description="Accounts, campaigns, sources, buyers, returns and the lead trace; users,"
+        " their roles, sessions and API tokens; the audit log.",
     )
+    app.include_router(users.router)
     app.include_router(api.router)
     app.include_router(returns.operator)
     app.include_router(returns.buyer)
     app.include_router(trace.router)
+    app.include_router(audit.router)
     return app

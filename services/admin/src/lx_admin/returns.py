@@ -18,15 +18,18 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 from lx_platform.consumer import Consumed
-from lx_platform.http import operator_guard
 from lx_schemas import events as ev
 from lx_schemas.envelope import Frozen, utcnow
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from lx_admin import domain, store
+from lx_admin import audit, domain, store
+from lx_admin.access import Permission, Principal
 from lx_admin.api import ERRORS, Rt, _current, _not_found, runtime
+from lx_admin.auth import allow, authenticate
 
-operator = APIRouter(prefix="/v1", dependencies=[Depends(operator_guard())], tags=["returns"])
+operator = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)], tags=["returns"])
+TokenManager = Annotated[Principal, Depends(allow(Permission.BUYER_TOKENS))]
+Returner = Annotated[Principal, Depends(allow(Permission.RETURNS))]
 buyer = APIRouter(prefix="/v1/buyer", tags=["buyer"])
 RETURN_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "missing, wrong or revoked token"},
@@ -109,7 +112,7 @@ class BuyerTokenCreated(BuyerToken):
     responses=ERRORS,
 )
 async def create_token(
-    buyer_id: uuid.UUID, rt: Rt, body: domain.TokenCreate | None = None
+    buyer_id: uuid.UUID, rt: Rt, who: TokenManager, body: domain.TokenCreate | None = None
 ) -> BuyerTokenCreated:
     """A token for the buyer's own API (its deliveries, its returns), shown once."""
     token = domain.new_buyer_token()
@@ -121,28 +124,49 @@ async def create_token(
         "token_sha256": domain.token_sha256(token),
     }
     async with rt.db.begin() as conn:
-        state = await _current(conn, "buyer", buyer_id)
+        state = await _current(conn, "buyer", buyer_id, who)
         await store.insert_token(conn, {**row, "account_id": state["account_id"]})
         (created,) = [
             t for t in await store.list_tokens(conn, buyer_id) if t["token_id"] == row["token_id"]
         ]
+        await _audit_token(conn, who, "created", state["account_id"], created)
     return BuyerTokenCreated(**created, token=token)
 
 
 @operator.get("/buyers/{buyer_id}/tokens", response_model=list[BuyerToken], responses=ERRORS)
-async def list_tokens(buyer_id: uuid.UUID, rt: Rt) -> list[BuyerToken]:
+async def list_tokens(buyer_id: uuid.UUID, rt: Rt, who: TokenManager) -> list[BuyerToken]:
     async with rt.db.begin() as conn:
-        await _current(conn, "buyer", buyer_id)
+        await _current(conn, "buyer", buyer_id, who)
         return [BuyerToken(**t) for t in await store.list_tokens(conn, buyer_id)]
 
 
 @operator.delete("/buyers/{buyer_id}/tokens/{token_id}", status_code=204, responses=ERRORS)
-async def revoke_token(buyer_id: uuid.UUID, token_id: uuid.UUID, rt: Rt) -> Response:
+async def revoke_token(
+    buyer_id: uuid.UUID, token_id: uuid.UUID, rt: Rt, who: TokenManager
+) -> Response:
     """Revoke a buyer token: from now on it answers 401."""
     async with rt.db.begin() as conn:
-        if await store.revoke_token(conn, buyer_id, token_id) is None:
+        state = await _current(conn, "buyer", buyer_id, who)
+        revoked = await store.revoke_token(conn, buyer_id, token_id)
+        if revoked is None:
             raise _not_found("token")
+        await _audit_token(conn, who, "revoked", state["account_id"], revoked)
     return Response(status_code=204)
+
+
+async def _audit_token(
+    conn: AsyncConnection, who: Principal, action: str, account_id: str, token: dict[str, Any]
+) -> None:
+    shown = BuyerToken(**token).model_dump(mode="json")
+    await audit.record(
+        conn,
+        who,
+        f"buyer_token.{action}",
+        account_id=account_id,
+        entity_kind="buyer_token",
+        entity_id=token["token_id"],
+        after=shown,
+    )
 
 
 async def buyer_principal(
@@ -270,10 +294,14 @@ async def _return_sale(
     buyer_id: uuid.UUID | None,
     body: domain.ReturnCreate,
     by: str,
+    who: Principal | None = None,
 ) -> ReturnRecorded:
+    """``who``: the operator returning it (None: the buyer of ``buyer_id`` itself)."""
     now = utcnow()
     async with rt.db.begin() as conn:
         sales = await store.sales_of_lead(conn, lead_id, buyer_id, for_update=True)
+        if who is not None:  # another account's sales do not exist for the caller
+            sales = [s for s in sales if who.sees(s["account_id"])]
         if not sales:
             raise _refused(
                 404,
@@ -316,6 +344,16 @@ async def _return_sale(
             payload=payload,
         )
         await rt.outbox.stage(conn, event, lead_id)
+        if who is not None:
+            await audit.record(
+                conn,
+                who,
+                "return.created",
+                account_id=sale["account_id"],
+                entity_kind="return",
+                entity_id=payload.return_id,
+                after=payload.model_dump(mode="json"),
+            )
     rt.relay.wake()
     return ReturnRecorded(
         **payload.model_dump(exclude={"campaign_id", "source_id"}), returned_at=now
@@ -329,11 +367,11 @@ async def _return_sale(
     responses=RETURN_ERRORS,
 )
 async def operator_return(
-    lead_id: uuid.UUID, body: domain.OperatorReturnCreate, rt: Rt
+    lead_id: uuid.UUID, body: domain.OperatorReturnCreate, rt: Rt, who: Returner
 ) -> ReturnRecorded:
     """Return a sold lead on a buyer's behalf: the buyer is credited the price, the
     source's payout clawed back (billing books both)."""
-    return await _return_sale(rt, lead_id, body.buyer_id, body, domain.returned_by(None))
+    return await _return_sale(rt, lead_id, body.buyer_id, body, domain.returned_by(None), who)
 
 
 @buyer.post(

@@ -275,3 +275,206 @@ async def returns_of_lead(conn: AsyncConnection, lead_id: uuid.UUID) -> list[dic
         text("select * from returns where lead_id = :l order by returned_at"), {"l": lead_id}
     )
     return [dict(r._mapping) for r in rows]
+
+
+# --- users, sessions, API tokens --------------------------------------------------------------
+
+_USER_COLUMNS = (
+    "user_id, account_id, email, role, password_hash, totp_secret, totp_pending,"
+    " totp_last_step, created_at, disabled_at"
+)
+
+
+async def insert_user(conn: AsyncConnection, row: dict[str, Any]) -> bool:
+    """False when the e-mail address is taken (by a live or a disabled user)."""
+    inserted = await conn.scalar(
+        text(
+            "insert into users (user_id, account_id, email, role, password_hash) values"
+            " (:user_id, :account_id, :email, :role, :password_hash)"
+            " on conflict do nothing returning user_id"
+        ),
+        row,
+    )
+    return inserted is not None
+
+
+async def user(conn: AsyncConnection, user_id: uuid.UUID) -> dict[str, Any] | None:
+    row = (
+        await conn.execute(
+            text(f"select {_USER_COLUMNS} from users where user_id = :u"), {"u": user_id}
+        )
+    ).first()
+    return dict(row._mapping) if row else None
+
+
+async def user_by_email(conn: AsyncConnection, email: str) -> dict[str, Any] | None:
+    row = (
+        await conn.execute(
+            text(
+                f"select {_USER_COLUMNS} from users where lower(email) = lower(:e)"
+                " and disabled_at is null"
+            ),
+            {"e": email},
+        )
+    ).first()
+    return dict(row._mapping) if row else None
+
+
+async def users_of(conn: AsyncConnection, account_id: uuid.UUID) -> list[dict[str, Any]]:
+    rows = await conn.execute(
+        text(f"select {_USER_COLUMNS} from users where account_id = :a order by created_at"),
+        {"a": account_id},
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def set_password_hash(conn: AsyncConnection, user_id: uuid.UUID, hashed: str) -> None:
+    await conn.execute(
+        text("update users set password_hash = :h where user_id = :u"), {"h": hashed, "u": user_id}
+    )
+
+
+async def use_totp_step(conn: AsyncConnection, user_id: uuid.UUID, step: int) -> bool:
+    """Record ``step`` as the user's last used one; False when it (or a later one) was
+    used already, by a request racing this one included."""
+    done = await conn.scalar(
+        text(
+            "update users set totp_last_step = :s where user_id = :u"
+            " and coalesce(totp_last_step, -1) < :s returning user_id"
+        ),
+        {"s": step, "u": user_id},
+    )
+    return done is not None
+
+
+async def set_totp_pending(conn: AsyncConnection, user_id: uuid.UUID, sealed: str) -> None:
+    await conn.execute(
+        text("update users set totp_pending = cast(:p as jsonb) where user_id = :u"),
+        {"p": sealed, "u": user_id},
+    )
+
+
+async def confirm_totp(conn: AsyncConnection, user_id: uuid.UUID, step: int) -> None:
+    await conn.execute(
+        text(
+            "update users set totp_secret = totp_pending, totp_pending = null,"
+            " totp_last_step = :s where user_id = :u"
+        ),
+        {"s": step, "u": user_id},
+    )
+
+
+async def disable_user(conn: AsyncConnection, user_id: uuid.UUID) -> None:
+    await conn.execute(
+        text("update users set disabled_at = coalesce(disabled_at, now()) where user_id = :u"),
+        {"u": user_id},
+    )
+    await conn.execute(
+        text("update sessions set revoked_at = coalesce(revoked_at, now()) where user_id = :u"),
+        {"u": user_id},
+    )
+
+
+async def insert_session(conn: AsyncConnection, row: dict[str, Any]) -> None:
+    await conn.execute(
+        text(
+            "insert into sessions (session_id, user_id, token_sha256, mfa, expires_at) values"
+            " (:session_id, :user_id, :token_sha256, :mfa, :expires_at)"
+        ),
+        row,
+    )
+
+
+async def session_principal(conn: AsyncConnection, sha256: str) -> dict[str, Any] | None:
+    """The live session with this token hash, and its user (enabled)."""
+    row = (
+        await conn.execute(
+            text(
+                "select s.session_id, s.mfa, u.user_id, u.role, u.account_id from sessions s"
+                " join users u using (user_id) where s.token_sha256 = :h"
+                " and s.revoked_at is null and s.expires_at > now() and u.disabled_at is null"
+            ),
+            {"h": sha256},
+        )
+    ).first()
+    return dict(row._mapping) if row else None
+
+
+async def upgrade_session(conn: AsyncConnection, session_id: uuid.UUID) -> None:
+    await conn.execute(
+        text("update sessions set mfa = true where session_id = :s"), {"s": session_id}
+    )
+
+
+async def revoke_session(conn: AsyncConnection, session_id: uuid.UUID) -> None:
+    await conn.execute(
+        text("update sessions set revoked_at = coalesce(revoked_at, now()) where session_id = :s"),
+        {"s": session_id},
+    )
+
+
+_AUTOMATION_COLUMNS = (
+    "token_id, account_id, name, role, token_prefix, created_by, created_at, revoked_at"
+)
+
+
+async def insert_api_token(conn: AsyncConnection, row: dict[str, Any]) -> dict[str, Any]:
+    created = (
+        await conn.execute(
+            text(
+                "insert into api_tokens (token_id, account_id, name, role, token_prefix,"
+                " token_sha256, created_by) values (:token_id, :account_id, :name, :role,"
+                f" :token_prefix, :token_sha256, :created_by) returning {_AUTOMATION_COLUMNS}"
+            ),
+            row,
+        )
+    ).one()
+    return dict(created._mapping)
+
+
+async def api_token(conn: AsyncConnection, token_id: uuid.UUID) -> dict[str, Any] | None:
+    row = (
+        await conn.execute(
+            text(f"select {_AUTOMATION_COLUMNS} from api_tokens where token_id = :t"),
+            {"t": token_id},
+        )
+    ).first()
+    return dict(row._mapping) if row else None
+
+
+async def api_tokens_of(conn: AsyncConnection, account_id: uuid.UUID) -> list[dict[str, Any]]:
+    rows = await conn.execute(
+        text(
+            f"select {_AUTOMATION_COLUMNS} from api_tokens where account_id = :a"
+            " order by created_at"
+        ),
+        {"a": account_id},
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def revoke_api_token(conn: AsyncConnection, token_id: uuid.UUID) -> None:
+    await conn.execute(
+        text("update api_tokens set revoked_at = coalesce(revoked_at, now()) where token_id = :t"),
+        {"t": token_id},
+    )
+
+
+async def api_token_principal(conn: AsyncConnection, sha256: str) -> dict[str, Any] | None:
+    row = (
+        await conn.execute(
+            text(
+                "select token_id, role, account_id from api_tokens"
+                " where token_sha256 = :h and revoked_at is null"
+            ),
+            {"h": sha256},
+        )
+    ).first()
+    return dict(row._mapping) if row else None
+
+
+async def sale_account(conn: AsyncConnection, lead_id: uuid.UUID) -> uuid.UUID | None:
+    account: uuid.UUID | None = await conn.scalar(
+        text("select account_id from sales where lead_id = :l limit 1"), {"l": lead_id}
+    )
+    return account

@@ -10,17 +10,19 @@ from typing import Annotated, Any
 import httpx
 from fastapi import APIRouter, Depends
 from lx_platform.consumer import Consumed
-from lx_platform.http import operator_guard
 from lx_platform.logging import get_logger
 from lx_schemas import events as ev
 from lx_schemas.envelope import Event, Frozen
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from lx_admin import store
+from lx_admin import audit, store
+from lx_admin.access import Permission, Principal
 from lx_admin.api import Rt, _not_found
+from lx_admin.auth import allow, authenticate
 
 log = get_logger(__name__)
-router = APIRouter(prefix="/v1", dependencies=[Depends(operator_guard())], tags=["trace"])
+router = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)], tags=["trace"])
+TraceReader = Annotated[Principal, Depends(allow(Permission.TRACE_READ))]
 PING_EVENTS = (ev.PingReceived, ev.BuyerPinged, ev.AuctionClosed)
 Names = Mapping[str, str]  # entity id (text) -> name
 
@@ -285,8 +287,11 @@ class LeadTrace(Frozen):
     why: Why | None = None  # for a lead refused or unsold
     events: list[TraceEvent]
     auction: AuctionTrace | None = None
+    # Delivery's request and response logs (PII): for a caller with pii:read only, and
+    # each such read is written to the audit log.
     deliveries: list[dict[str, Any]]
     deliveries_error: str | None = None
+    deliveries_withheld: bool = False  # the caller may not read them
 
 
 def _events(rows: Sequence[dict[str, Any]], names: Names) -> list[TraceEvent]:
@@ -307,14 +312,19 @@ def _events(rows: Sequence[dict[str, Any]], names: Names) -> list[TraceEvent]:
 @router.get(
     "/leads/{lead_id}/trace",
     response_model=LeadTrace,
-    responses={404: {"description": "no such lead"}},
+    responses={
+        401: {"description": "no valid credential"},
+        403: {"description": "`forbidden`: the role may not read traces"},
+        404: {"description": "no such lead (or one of another account)"},
+    },
 )
-async def get_trace(lead_id: uuid.UUID, rt: Rt) -> LeadTrace:
+async def get_trace(lead_id: uuid.UUID, rt: Rt, who: TraceReader) -> LeadTrace:
     """A lead's whole story: received (or refused), its auction, routed, every attempt
-    with request and response, the outcome, returns; and why, when it was not sold."""
+    with request and response (with pii:read), the outcome, returns; and why, when it
+    was not sold."""
     async with rt.db.begin() as conn:
         rows = await store.lead_events(conn, lead_id)
-        if not rows:
+        if not rows or not who.sees(rows[0]["account_id"]):
             raise _not_found("lead")
         ping_id = next((r["payload"]["ping_id"] for r in rows if r["payload"].get("ping_id")), None)
         ping_rows = await store.ping_events(conn, uuid.UUID(ping_id)) if ping_id else []
@@ -326,16 +336,19 @@ async def get_trace(lead_id: uuid.UUID, rt: Rt) -> LeadTrace:
                 await store.entity_names(conn, kind, sorted(_ids(payloads, f"{kind}_id")))
             ).items()
         }
-    deliveries: list[dict[str, Any]] = []
-    error = None
-    url = f"{rt.settings.platform.delivery_url}/internal/v1/leads/{lead_id}/deliveries"
-    try:
-        response = await rt.internal_client().get(url)
-        response.raise_for_status()
-        deliveries = response.json()["deliveries"]
-    except (httpx.HTTPError, KeyError, ValueError) as exc:
-        error = f"delivery log unavailable: {exc!r}"
-        log.warning("trace_deliveries_unavailable", lead_id=str(lead_id), error=repr(exc))
+    withheld = not who.can(Permission.PII_READ)
+    deliveries, error = ([], None) if withheld else await _deliveries(rt, lead_id)
+    if not withheld and error is None:
+        async with rt.db.begin() as conn:  # committed before the PII leaves
+            await audit.record(
+                conn,
+                who,
+                "pii.read",
+                account_id=rows[0]["account_id"],
+                entity_kind="lead",
+                entity_id=lead_id,
+                after={"view": "trace.deliveries", "deliveries": len(deliveries)},
+            )
     return LeadTrace(
         lead_id=lead_id,
         status=lead_status([r["type"] for r in rows]),
@@ -346,4 +359,18 @@ async def get_trace(lead_id: uuid.UUID, rt: Rt) -> LeadTrace:
         else None,
         deliveries=deliveries,
         deliveries_error=error,
+        deliveries_withheld=withheld,
     )
+
+
+async def _deliveries(rt: Rt, lead_id: uuid.UUID) -> tuple[list[dict[str, Any]], str | None]:
+    """Delivery's request log of the lead, or why it could not be read."""
+    url = f"{rt.settings.platform.delivery_url}/internal/v1/leads/{lead_id}/deliveries"
+    try:
+        response = await rt.internal_client().get(url)
+        response.raise_for_status()
+        deliveries: list[dict[str, Any]] = response.json()["deliveries"]
+    except (httpx.HTTPError, KeyError, ValueError) as exc:
+        log.warning("trace_deliveries_unavailable", lead_id=str(lead_id), error=repr(exc))
+        return [], f"delivery log unavailable: {exc!r}"
+    return deliveries, None

@@ -1,0 +1,119 @@
+"""Who is calling: the bearer credential of a request made a ``Principal``, and the
+dependency that lets a route's permission through.
+
+Credentials: the platform's operator token (a superuser, as before users existed), a
+login session (``lxss_``) or an API token (``lxat_``). A buyer token (``lxbt_``) opens
+only the buyer's own routes (returns.buyer), never these.
+"""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, Header, HTTPException, Request, status
+from lx_platform.http import limit_credential
+from lx_platform.runtime import Runtime
+
+from lx_admin import store
+from lx_admin.access import (
+    API_TOKEN_PREFIX,
+    OPERATOR,
+    SESSION_PREFIX,
+    Permission,
+    Principal,
+    PrincipalKind,
+    Role,
+    token_sha256,
+)
+
+
+def _unauthorized() -> HTTPException:
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED,
+        {
+            "code": "unauthorized",
+            "detail": "a valid operator token, session token or API token is required",
+        },
+    )
+
+
+async def _principal(rt: Runtime, token: str) -> Principal | None:
+    expected = rt.settings.platform.operator_token.get_secret_value()
+    if hmac.compare_digest(token.encode(), expected.encode()):
+        return OPERATOR
+    if token.startswith(SESSION_PREFIX):
+        async with rt.db.begin() as conn:
+            row = await store.session_principal(conn, token_sha256(token))
+        if row is None:
+            return None
+        return Principal(
+            PrincipalKind.USER,
+            str(row["user_id"]),
+            Role(row["role"]),
+            row["account_id"],
+            mfa=row["mfa"],
+            session_id=row["session_id"],
+        )
+    if token.startswith(API_TOKEN_PREFIX):
+        async with rt.db.begin() as conn:
+            row = await store.api_token_principal(conn, token_sha256(token))
+        if row is None:
+            return None
+        return Principal(
+            PrincipalKind.API_TOKEN, str(row["token_id"]), Role(row["role"]), row["account_id"]
+        )
+    return None
+
+
+async def authenticate(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> Principal:
+    """The request's principal, or 401; then counted against its credential's rate."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise _unauthorized()
+    rt: Runtime = request.app.state.runtime
+    who = await _principal(rt, token)
+    if who is None:
+        raise _unauthorized()
+    await limit_credential(request, token)
+    return who
+
+
+Authenticated = Annotated[Principal, Depends(authenticate)]
+
+
+def forbidden(detail: str, code: str = "forbidden") -> HTTPException:
+    return HTTPException(status.HTTP_403_FORBIDDEN, {"code": code, "detail": detail})
+
+
+def allow(permission: Permission) -> Callable[..., Awaitable[Principal]]:
+    """A dependency admitting principals whose role holds ``permission`` (403 otherwise,
+    whatever the entity: a refusal tells nothing of what exists)."""
+
+    async def check(who: Authenticated) -> Principal:
+        if not who.mfa:
+            raise forbidden(
+                "enrol a second factor first: POST /v1/auth/totp", "totp_enrolment_required"
+            )
+        if not who.can(permission):
+            raise forbidden(f"the role {who.role.value} may not {permission.value}")
+        return who
+
+    check.permission = permission  # type: ignore[attr-defined]  # read by the route audit
+    return check
+
+
+def not_found(kind: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_404_NOT_FOUND, {"code": f"{kind}_not_found", "detail": f"no such {kind}"}
+    )
+
+
+def require_visible(who: Principal, account_id: uuid.UUID | str | None, kind: str) -> None:
+    """404 for an entity of another account: it does not exist for this principal."""
+    if not who.sees(account_id):
+        raise not_found(kind)
