@@ -24,6 +24,9 @@ async def _open(keys: LeadKeys, key_id: uuid.UUID | None, blob: bytes | None) ->
         return None
     if key_id is None:
         return json.loads(blob)
+    # Asked afresh, never from the cache: an operator reading a lead erased a moment ago
+    # must see it shredded, not the key the worker cached before.
+    keys.cache.pop(key_id, None)
     try:
         key = await keys.get(key_id)
     except KeyUnavailableError:

@@ -286,12 +286,15 @@ async def refuse(
     *,
     ping_id: uuid.UUID | None = None,
     retry_after: int | None = None,
+    subjects: Sequence[domain.SubjectKey] = (),
     **extra: Any,
 ) -> Response:
     """Answer a refused post, and record it where its source can ask why: a
     ``rejected_leads`` row and a ``LeadRejected`` event (no PII), staged in the outbox
     in one transaction. If the database is down too, the answer stays the 4xx it is
-    (the refusal is right either way) and only the record is lost, which is logged."""
+    (the refusal is right either way) and only the record is lost, which is logged.
+    ``subjects``: a post refused after its fields were read (a duplicate, a cap) is
+    linked to its data subject, whose access export lists it."""
     refused_at = utcnow()
     reason = rejections[0].code
     event = ev.LeadRejected.new(
@@ -321,6 +324,7 @@ async def refuse(
                 rejections=rejections,
                 ping_id=ping_id,
             )
+            await store.index_subjects(conn, source.account_id, subjects, lead_id, refused_at)
             await rt.outbox.stage(conn, event, lead_id)
         rt.relay.wake()
     except Exception as exc:
@@ -674,6 +678,10 @@ async def _accept(
     vault: store.KeyVault = rt.extras["vault"]
     received_at = utcnow()
     rule = source.dedupe
+    hash_key = _settings(rt).hash_key.get_secret_value().encode()
+    subjects = domain.subject_keys(
+        source.fields, lead, account_id=source.account_id, hash_key=hash_key
+    )
     dedupe_keys = (
         domain.dedupe_keys(
             rule,
@@ -681,7 +689,7 @@ async def _accept(
             lead,
             campaign_id=source.campaign_id,
             account_id=source.account_id,
-            hash_key=_settings(rt).hash_key.get_secret_value().encode(),
+            hash_key=hash_key,
         )
         if rule
         else []
@@ -706,7 +714,9 @@ async def _accept(
                 else:
                     data_key = await vault.create(conn, lead_id)
                 pii = seal_fields(data_key, lead_id, lead.pii)
-            inserted = await store.insert_lead(conn, lead_id, source, received_at, ping_id)
+            content = ev.LeadContent(fields=lead.fields, pii=pii)
+            inserted = await store.insert_lead(conn, lead_id, source, received_at, ping_id, content)
+            await store.index_subjects(conn, source.account_id, subjects, lead_id, received_at)
             if held is not None:
                 await store.record_key_lead(conn, held.source_id, held.key, held.claim_id, lead_id)
             # Last, so the source's hot counter rows are locked for the shortest time;
@@ -730,6 +740,7 @@ async def _accept(
             detail,
             _one(RC.DUPLICATE, detail, duplicate.field),
             ping_id=ping_id,
+            subjects=subjects,
             field=duplicate.field,
         )
     except _Capped as capped:
@@ -744,6 +755,7 @@ async def _accept(
             detail,
             _one(RC.SOURCE_CAP, detail),
             ping_id=ping_id,
+            subjects=subjects,
             retry_after=domain.retry_after_s(wait.total_seconds()),
         )
 
@@ -770,6 +782,7 @@ async def _accept(
                 detail,
                 _one(reason, detail, None if reason is RC.PING_EXPIRED else "ping_id"),
                 ping_id=ping_id,
+                subjects=subjects,
             )
         except AuctionUnavailable as exc:
             log.error("ping_claim_failed", lead_id=str(lead_id), error=str(exc))
@@ -792,7 +805,7 @@ async def _accept(
             lead_id=lead_id,
             campaign_id=source.campaign_id,
             source_id=source.source_id,
-            lead=ev.LeadContent(fields=lead.fields, pii=pii),
+            lead=content,
             ping_id=ping_id,
             bids=claim.bids if claim else (),
             promised_payout=claim.promised_payout if claim else None,

@@ -589,3 +589,56 @@ def sold_detail(sales: int, returns: int) -> str:
     if returns:
         sold += f"; {returns} sale{'s' if returns != 1 else ''} returned"
     return sold
+
+
+# --- data subjects (access and erasure) -----------------------------------------------------
+
+# A data subject's requests are answered within this (GDPR art. 12(3): one month).
+PRIVACY_DEADLINE = dt.timedelta(days=30)
+
+
+class SubjectKind(StrEnum):
+    EMAIL = "email"
+    PHONE = "phone"
+
+
+_SUBJECT_TYPES = {FieldType.EMAIL: SubjectKind.EMAIL, FieldType.PHONE: SubjectKind.PHONE}
+
+
+@dataclass(frozen=True, order=True)
+class SubjectKey:
+    """One entry of the subject index: a keyed hash of a normalised e-mail or phone."""
+
+    kind: SubjectKind
+    value_hash: bytes
+
+
+def subject_hash(hash_key: bytes, account_id: uuid.UUID, kind: SubjectKind, value: str) -> bytes:
+    """Scoped by account: one consumer in two accounts gives unrelated hashes, so the
+    index cannot link tenants' customers, and a request reaches one account only."""
+    return keyed_hash(hash_key, "lx-subject-v1", str(account_id), kind.value, value)
+
+
+def subject_keys(
+    specs: Sequence[FieldSpec], lead: NormalisedLead, *, account_id: uuid.UUID, hash_key: bytes
+) -> list[SubjectKey]:
+    """The index entries of a lead: every e-mail and phone field it holds, PII or not,
+    already canonical (lower-cased address, E.164) as ``normalise_lead`` left them."""
+    keys = set()
+    for spec in specs:
+        kind = _SUBJECT_TYPES.get(spec.type)
+        value = lead.pii.get(spec.name, lead.fields.get(spec.name))
+        if kind is not None and value is not None:
+            keys.add(SubjectKey(kind, subject_hash(hash_key, account_id, kind, str(value))))
+    return sorted(keys)
+
+
+def normalise_subject(kind: SubjectKind, value: str) -> str:
+    """A requester's e-mail or phone in the form leads were indexed under; ``Invalid``
+    (with the field's code) if it is not one."""
+    field_type = FieldType.EMAIL if kind is SubjectKind.EMAIL else FieldType.PHONE
+    return str(_normalise(FieldSpec(name=kind.value, type=field_type), value))
+
+
+def privacy_overdue(status: str, due_at: dt.datetime, now: dt.datetime) -> bool:
+    return status != "completed" and due_at <= now

@@ -5,7 +5,7 @@ from lx_platform.crypto import KeyWrapper
 from lx_platform.runtime import build_runtime, create_app
 from lx_schemas import topics
 
-from lx_ingest import api, handlers, pings, store
+from lx_ingest import api, handlers, pings, privacy, store
 from lx_ingest.ratelimit import SourceRateLimiter
 from lx_ingest.retention import Pruner
 from lx_ingest.settings import IngestSettings
@@ -31,5 +31,6 @@ def create_service(settings: IngestSettings | None = None) -> FastAPI:
     )
     app.include_router(api.router)
     app.include_router(pings.router)
+    app.include_router(privacy.router)
     app.include_router(api.internal)
     return app

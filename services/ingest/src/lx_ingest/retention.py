@@ -1,6 +1,8 @@
 """Deleting what ingest keeps only for a while: expired idempotency keys, duplicate-
 index entries whose window has passed, cap counters of past periods and refused posts
-older than ``rejected_retention_days``.
+older than ``rejected_retention_days``; and the PII of leads older than their
+campaign's retention (crypto-shredded: their data keys destroyed, see
+``lx_ingest.privacy``), with erasures whose first try failed.
 
 Expiry is decided on read (an expired key or entry counts as absent), so how late the
 pruner runs never changes an answer, only how much the tables hold. It deletes in
@@ -13,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import uuid
 
 from lx_platform.db import Database
 from lx_platform.logging import get_logger
 from lx_schemas.envelope import utcnow
 
-from lx_ingest import store
+from lx_ingest import privacy, store
 from lx_ingest.settings import IngestSettings
 
 log = get_logger(__name__)
@@ -36,6 +39,8 @@ async def prune_once(db: Database, settings: IngestSettings) -> dict[str, int]:
         "dedupe_index": 0,
         "source_cap_counters": 0,
         "rejected_leads": 0,
+        "leads_shredded": 0,
+        "erasures_performed": 0,
     }
     for _ in range(MAX_BATCHES_PER_ROUND):
         now = utcnow()
@@ -67,7 +72,34 @@ async def prune_once(db: Database, settings: IngestSettings) -> dict[str, int]:
         deleted["rejected_leads"] += n
         if n < batch:
             break
+    deleted["leads_shredded"] = await shred_past_retention(db, batch)
+    for _ in range(MAX_BATCHES_PER_ROUND):
+        n = await privacy.perform_pending_erasures(db, batch)
+        deleted["erasures_performed"] += n
+        if n < batch:
+            break
     return deleted
+
+
+async def shred_past_retention(db: Database, batch: int) -> int:
+    """Shred the leads whose campaign's retention has run out; each round's counts are
+    recorded per campaign (``retention_runs``)."""
+    run_at = utcnow()
+    total = 0
+    for _ in range(MAX_BATCHES_PER_ROUND):
+        async with db.begin() as conn:
+            due = await store.leads_past_retention(conn, now=run_at, limit=batch)
+            await store.shred_leads(
+                conn, [lead for lead, _ in due], cause="retention", now=utcnow()
+            )
+            counts: dict[uuid.UUID, int] = {}
+            for _, campaign_id in due:
+                counts[campaign_id] = counts.get(campaign_id, 0) + 1
+            await store.record_retention_run(conn, run_at, counts)
+        total += len(due)
+        if len(due) < batch:
+            break
+    return total
 
 
 class Pruner:

@@ -16,6 +16,7 @@ from lx_schemas.events import (
     CampaignState,
     DedupeRule,
     FieldSpec,
+    LeadContent,
     Rejection,
     SourceState,
 )
@@ -170,13 +171,17 @@ async def insert_lead(
     ctx: SourceContext,
     received_at: dt.datetime,
     ping_id: uuid.UUID | None = None,
+    content: LeadContent | None = None,
 ) -> bool:
     """Insert the lead's status row; False if it was there already (a retry taking over
-    an idempotency key may find its lead stored by the request that died)."""
+    an idempotency key may find its lead stored by the request that died). ``content``:
+    the lead as it travels (PII sealed), for the subject's access export."""
     inserted = await conn.scalar(
         text(
-            "insert into leads (lead_id, source_id, campaign_id, account_id, received_at, ping_id)"
-            " values (:l, :s, :c, :a, :r, :p) on conflict (lead_id) do nothing returning true"
+            "insert into leads"
+            " (lead_id, source_id, campaign_id, account_id, received_at, ping_id, content)"
+            " values (:l, :s, :c, :a, :r, :p, cast(:content as jsonb))"
+            " on conflict (lead_id) do nothing returning true"
         ),
         {
             "l": lead_id,
@@ -185,6 +190,7 @@ async def insert_lead(
             "a": ctx.account_id,
             "r": received_at,
             "p": ping_id,
+            "content": content.model_dump_json() if content is not None else None,
         },
     )
     return bool(inserted)
@@ -250,6 +256,7 @@ async def forget_lead(
     await conn.execute(text("delete from leads where lead_id = :l"), {"l": lead_id})
     await conn.execute(text("delete from lead_keys where key_id = :l"), {"l": lead_id})
     await conn.execute(text("delete from dedupe_index where lead_id = :l"), {"l": lead_id})
+    await conn.execute(text("delete from subject_index where lead_id = :l"), {"l": lead_id})
     for cap in caps:
         await conn.execute(
             text(
@@ -639,3 +646,264 @@ async def prune_dedupe_index(conn: AsyncConnection, *, now: dt.datetime, limit: 
         {"now": now, "n": limit},
     )
     return int(result.rowcount)
+
+
+# --- data subjects: the subject index, requests, shredding, retention -----------------------
+
+
+async def index_subjects(
+    conn: AsyncConnection,
+    account_id: uuid.UUID,
+    keys: Sequence[domain.SubjectKey],
+    lead_id: uuid.UUID,
+    now: dt.datetime,
+) -> None:
+    """Link a lead (or a refused post) to its subject's keyed hashes."""
+    if keys:
+        await conn.execute(
+            text(
+                "insert into subject_index (account_id, kind, value_hash, lead_id, indexed_at)"
+                " values (:a, :k, :h, :l, :now) on conflict do nothing"
+            ),
+            [
+                {"a": account_id, "k": k.kind.value, "h": k.value_hash, "l": lead_id, "now": now}
+                for k in keys
+            ],
+        )
+
+
+async def subject_lead_ids(
+    conn: AsyncConnection, account_id: uuid.UUID, kind: domain.SubjectKind, value_hash: bytes
+) -> list[uuid.UUID]:
+    rows = await conn.execute(
+        text(
+            "select lead_id from subject_index where account_id = :a and kind = :k"
+            " and value_hash = :h order by indexed_at, lead_id"
+        ),
+        {"a": account_id, "k": kind.value, "h": value_hash},
+    )
+    return [r.lead_id for r in rows]
+
+
+async def leads_held(conn: AsyncConnection, lead_ids: Sequence[uuid.UUID]) -> list[dict[str, Any]]:
+    """The leads among ``lead_ids`` as ingest holds them, oldest first."""
+    rows = await conn.execute(
+        text(
+            "select lead_id, source_id, campaign_id, account_id, received_at, status,"
+            " outcome_at, reason, sales, returns, payout, rejection_codes, ping_id, content,"
+            " pii_shredded_at, shred_cause from leads where lead_id = any(:ids)"
+            " order by received_at, lead_id"
+        ),
+        {"ids": list(lead_ids)},
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def refusals_held(
+    conn: AsyncConnection, lead_ids: Sequence[uuid.UUID]
+) -> list[dict[str, Any]]:
+    rows = await conn.execute(
+        text(
+            "select lead_id, source_id, campaign_id, refused_at, http_status, code, rejections,"
+            " ping_id from rejected_leads where lead_id = any(:ids) order by refused_at, lead_id"
+        ),
+        {"ids": list(lead_ids)},
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def shred_leads(
+    conn: AsyncConnection, lead_ids: Sequence[uuid.UUID], *, cause: str, now: dt.datetime
+) -> int:
+    """Crypto-shred ``lead_ids``: destroy their data keys (their PII, sealed wherever it
+    was copied, can no longer be opened), drop the sealed copy ingest kept, and delete
+    every keyed hash that links them to their subject (subject and duplicate index).
+    Returns how many data keys were destroyed."""
+    ids = list(lead_ids)
+    if not ids:
+        return 0
+    result = await conn.execute(
+        text("delete from lead_keys where key_id = any(:ids)"), {"ids": ids}
+    )
+    await conn.execute(text("delete from subject_index where lead_id = any(:ids)"), {"ids": ids})
+    await conn.execute(text("delete from dedupe_index where lead_id = any(:ids)"), {"ids": ids})
+    await conn.execute(
+        text(
+            "update leads set content = null, pii_shredded_at = coalesce(pii_shredded_at, :now),"
+            " shred_cause = coalesce(shred_cause, :cause) where lead_id = any(:ids)"
+        ),
+        {"ids": ids, "now": now, "cause": cause},
+    )
+    return int(result.rowcount)
+
+
+async def insert_privacy_request(
+    conn: AsyncConnection,
+    *,
+    request_id: uuid.UUID,
+    kind: str,
+    account_id: uuid.UUID,
+    subject_kind: domain.SubjectKind,
+    value_hash: bytes,
+    received_at: dt.datetime,
+) -> None:
+    await conn.execute(
+        text(
+            "insert into privacy_requests (request_id, kind, account_id, subject_kind,"
+            " value_hash, received_at, due_at, status)"
+            " values (:id, :kind, :a, :sk, :h, :at, :due, 'pending')"
+        ),
+        {
+            "id": request_id,
+            "kind": kind,
+            "a": account_id,
+            "sk": subject_kind.value,
+            "h": value_hash,
+            "at": received_at,
+            "due": received_at + domain.PRIVACY_DEADLINE,
+        },
+    )
+
+
+async def complete_privacy_request(
+    conn: AsyncConnection,
+    request_id: uuid.UUID,
+    *,
+    now: dt.datetime,
+    leads: int,
+    keys_shredded: int | None = None,
+) -> None:
+    await conn.execute(
+        text(
+            "update privacy_requests set status = 'completed', completed_at = :now,"
+            " leads = :leads, keys_shredded = :keys where request_id = :id"
+        ),
+        {"id": request_id, "now": now, "leads": leads, "keys": keys_shredded},
+    )
+
+
+_REQUEST_COLUMNS = (
+    "request_id, kind, account_id, subject_kind, received_at, due_at, status, completed_at,"
+    " leads, keys_shredded"
+)
+
+
+async def privacy_request(conn: AsyncConnection, request_id: uuid.UUID) -> dict[str, Any] | None:
+    row = (
+        await conn.execute(
+            text(f"select {_REQUEST_COLUMNS} from privacy_requests where request_id = :id"),
+            {"id": request_id},
+        )
+    ).first()
+    return dict(row._mapping) if row else None
+
+
+async def privacy_requests(
+    conn: AsyncConnection,
+    *,
+    account_id: uuid.UUID | None,
+    status: str | None,
+    overdue_at: dt.datetime | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Requests, the most urgent first; ``overdue_at``: only those not completed by then."""
+    rows = await conn.execute(
+        text(
+            f"select {_REQUEST_COLUMNS} from privacy_requests"
+            " where (cast(:a as uuid) is null or account_id = :a)"
+            " and (cast(:s as text) is null or status = :s)"
+            " and (cast(:od as timestamptz) is null or (status <> 'completed' and due_at <= :od))"
+            " order by (status = 'completed'), due_at, request_id limit :n"
+        ),
+        {"a": account_id, "s": status, "od": overdue_at, "n": limit},
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def pending_erasures(conn: AsyncConnection, limit: int) -> list[dict[str, Any]]:
+    """Erasures not performed yet (the first try failed), locked for this round."""
+    rows = await conn.execute(
+        text(
+            "select request_id, account_id, subject_kind, value_hash from privacy_requests"
+            " where kind = 'erasure' and status = 'pending' order by due_at"
+            " limit :n for update skip locked"
+        ),
+        {"n": limit},
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def set_retention(
+    conn: AsyncConnection, campaign_id: uuid.UUID, days: int | None, now: dt.datetime
+) -> None:
+    if days is None:
+        await conn.execute(
+            text("delete from campaign_retention where campaign_id = :c"), {"c": campaign_id}
+        )
+        return
+    await conn.execute(
+        text(
+            "insert into campaign_retention (campaign_id, retention_days, updated_at)"
+            " values (:c, :d, :now) on conflict (campaign_id) do update"
+            " set retention_days = excluded.retention_days, updated_at = excluded.updated_at"
+        ),
+        {"c": campaign_id, "d": days, "now": now},
+    )
+
+
+async def retention_of(conn: AsyncConnection, campaign_id: uuid.UUID) -> dict[str, Any]:
+    """The campaign's setting and what retention has shredded of it so far."""
+    row = (
+        await conn.execute(
+            text(
+                "select (select retention_days from campaign_retention where campaign_id = :c)"
+                " as retention_days,"
+                " (select updated_at from campaign_retention where campaign_id = :c)"
+                " as updated_at,"
+                " (select coalesce(sum(leads), 0) from retention_runs where campaign_id = :c)"
+                " as leads_shredded,"
+                " (select max(run_at) from retention_runs where campaign_id = :c) as last_run_at"
+            ),
+            {"c": campaign_id},
+        )
+    ).one()
+    return dict(row._mapping)
+
+
+async def campaign_known(conn: AsyncConnection, campaign_id: uuid.UUID) -> bool:
+    found = await conn.scalar(
+        text("select true from campaigns where campaign_id = :c"), {"c": campaign_id}
+    )
+    return bool(found)
+
+
+async def leads_past_retention(
+    conn: AsyncConnection, *, now: dt.datetime, limit: int
+) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """Up to ``limit`` (lead, campaign) whose campaign's retention has run out and whose
+    PII is not shredded yet, locked (skipping those another replica holds)."""
+    rows = await conn.execute(
+        text(
+            "select l.lead_id, l.campaign_id from leads l"
+            " join campaign_retention r using (campaign_id)"
+            " where l.pii_shredded_at is null"
+            " and l.received_at < :now - make_interval(days => r.retention_days)"
+            " order by l.received_at limit :n for update of l skip locked"
+        ),
+        {"now": now, "n": limit},
+    )
+    return [(r.lead_id, r.campaign_id) for r in rows]
+
+
+async def record_retention_run(
+    conn: AsyncConnection, run_at: dt.datetime, counts: dict[uuid.UUID, int]
+) -> None:
+    if counts:
+        await conn.execute(
+            text(
+                "insert into retention_runs (run_at, campaign_id, leads) values (:at, :c, :n)"
+                " on conflict (campaign_id, run_at) do update"
+                " set leads = retention_runs.leads + excluded.leads"
+            ),
+            [{"at": run_at, "c": c, "n": n} for c, n in counts.items()],
+        )
