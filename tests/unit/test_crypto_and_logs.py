@@ -61,3 +61,27 @@ def test_logs_keep_ids_and_timestamps_that_look_like_digit_runs() -> None:
     assert event["buyer_id"] == buyer
     assert event["at"] == "2026-11-22T10:15:00.123"
     assert event["detail"] == f"buyer {buyer} closed on 2026-11-22 21:14; call {REDACTED}"
+
+
+def test_library_logs_through_the_stdlib_are_masked_too() -> None:
+    import io
+    import logging
+
+    from lx_platform.logging import RedactingFilter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter())
+    logger = logging.getLogger("some.library")
+    logger.addHandler(handler)
+    try:
+        logger.error("bad row %s", {"email": "ann@example.com"})
+        try:
+            raise ValueError("phone +1 415 555 0100 refused")
+        except ValueError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert "ann@example.com" not in text and "555 0100" not in text
+    assert "bad row" in text and "ValueError" in text

@@ -265,3 +265,10 @@ def test_a_buyers_free_text_reason_never_becomes_a_label_value() -> None:
         for text in texts:
             for status in (None, 200, 204, 301, 404, 500, 599):
                 assert reason_class(result, text, status) in set(ReasonClass)
+
+
+def test_a_buyers_reason_echoing_contact_details_is_masked_before_it_is_kept() -> None:
+    body = b'{"status": "rejected", "reason": "we already have ann@example.com, 415-555-0100"}'
+    got = read_answer(200, body)
+    assert got.result is DeliveryResult.REJECTED
+    assert got.reason == "we already have [redacted], [redacted]"

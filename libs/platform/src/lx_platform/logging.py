@@ -1,4 +1,5 @@
-"""structlog set-up: JSON lines with a PII redaction step before rendering."""
+"""structlog set-up: JSON lines with a PII redaction step before rendering; stdlib
+records (libraries) masked by a handler filter."""
 
 from __future__ import annotations
 
@@ -49,9 +50,15 @@ def _mask_phone(match: re.Match[str]) -> str:
     return match.group("keep") or REDACTED
 
 
+def mask_pii(text: str) -> str:
+    """``text`` with e-mail addresses and phone numbers masked (ids and dates kept): for
+    free text from outside (a buyer's reason) before it is stored or published in clear."""
+    return _KEEP_OR_PHONE.sub(_mask_phone, _EMAIL.sub(REDACTED, text))
+
+
 def _scrub(value: Any) -> Any:
     if isinstance(value, str):
-        return _KEEP_OR_PHONE.sub(_mask_phone, _EMAIL.sub(REDACTED, value))
+        return mask_pii(value)
     if isinstance(value, dict):
         return {k: REDACTED if k.lower() in PII_KEYS else _scrub(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -87,8 +94,25 @@ def configure_logging(service: str, level: str = "INFO", json_output: bool = Tru
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(service=service)
-    # Libraries' stdlib logs (aiokafka, uvicorn) go through the same redaction.
+    # Libraries' stdlib logs (aiokafka, uvicorn) are masked the same way: a handler
+    # filter sees every record that propagates to the root, whatever logger made it.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(message)s")
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
+
+
+class RedactingFilter(logging.Filter):
+    """Masks e-mail addresses and phone numbers in a stdlib record's message (and in an
+    exception's text, which may quote a request)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = mask_pii(record.getMessage())
+        record.args = None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = mask_pii(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
 
 
 def get_logger(name: str | None = None) -> Any:

@@ -17,6 +17,7 @@ from typing import Any
 
 from lx_integrations.responses import Reading
 from lx_integrations.templates import TemplateValue
+from lx_platform.logging import mask_pii
 from lx_schemas.events import DeliveryResult, FieldValue, RejectionCode
 from lx_schemas.integration import Outcome
 
@@ -66,7 +67,10 @@ def request_values(
 
 
 def verdict_of(reading: Reading, status: int) -> Verdict:
-    """The buyer's answer as a try's verdict (before pricing)."""
+    """The buyer's answer as a try's verdict (before pricing). The buyer's own words are
+    stored and published in clear, so an e-mail or phone it echoes is masked first."""
+    if reading.reason is not None:
+        reading = replace(reading, reason=mask_pii(reading.reason))
     if reading.outcome is Outcome.ACCEPTED:
         return Verdict(
             R.ACCEPTED, reading.reason, False, None, reading.price, reading.buyer_lead_id
