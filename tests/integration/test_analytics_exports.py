@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from lx_analytics import reports
 from lx_analytics.exports import ExportScheduler
 from lx_analytics.main import create_service
 from lx_analytics.settings import AnalyticsSettings
@@ -207,3 +208,49 @@ async def test_bad_commands_and_reports_get_a_4xx_with_a_code(
     )
     assert r.status_code == 422
     assert (await client.get("/v1/reports", params=span)).status_code == 401
+
+
+async def test_an_export_that_fails_is_skipped_without_holding_back_the_others(
+    analytics: tuple[httpx.AsyncClient, Runtime, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, rt, folder = analytics
+    ids = {}
+    for name, group_by in (("broken", ["campaign"]), ("fine", ["source"])):
+        r = await client.post(
+            "/v1/exports",
+            headers=OPERATOR,
+            json={
+                "name": name,
+                "query": {"granularity": "hour", "group_by": group_by, "window_hours": 24},
+                "every_hours": 24,
+                "retention_days": 1,
+                "configured_by": "operator:dana",
+            },
+        )
+        assert r.status_code == 202, r.text
+        ids[name] = r.json()["export_id"]
+
+    async def both_listed() -> bool:
+        r = await client.get("/v1/exports", headers=OPERATOR)
+        return set(ids.values()) <= {e["export_id"] for e in r.json()}
+
+    await eventually(both_listed, what="both exports projected")
+    real = reports.report
+
+    async def failing(conn: Any, query: ev.ExportQuery, *args: Any) -> Any:
+        if list(query.group_by) == ["campaign"]:
+            raise RuntimeError("report_too_large")
+        return await real(conn, query, *args)
+
+    monkeypatch.setattr(reports, "report", failing)
+    scheduler: ExportScheduler = rt.extras["exports"]
+    later = RUN_AT + dt.timedelta(days=60)
+    await scheduler.tick(later)
+    assert await runs(client, ids["broken"]) == []  # skipped, and no file left behind
+    (fine,) = await runs(client, ids["fine"])
+    assert (folder / fine["file_name"]).exists()
+    assert not list(folder.glob(f"{ids['broken']}/*"))
+    # Its files still expire on time although the broken export keeps failing.
+    gone = await scheduler.tick(later + dt.timedelta(days=1))
+    assert uuid.UUID(fine["run_id"]) in gone.deleted
+    assert not (folder / fine["file_name"]).exists()

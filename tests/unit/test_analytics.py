@@ -184,3 +184,23 @@ def test_an_export_covers_whole_hours_and_is_due_every_n_hours() -> None:
 def test_a_report_names_each_dimension_once(group_by: tuple[str, ...]) -> None:
     with pytest.raises(ValueError, match="once"):
         ev.ExportQuery.model_validate({"group_by": group_by})
+
+
+def test_a_try_never_sent_is_no_answer_to_time() -> None:
+    def attempt(latency_ms: float, reason_code: ev.RejectionCode | None) -> ev.DeliveryAttempted:
+        return ev.DeliveryAttempted.new(
+            **env(),
+            payload=ev.DeliveryAttemptedPayload(
+                **REF,
+                buyer_id=B1,
+                delivery_id=uuid.uuid4(),
+                attempt=1,
+                result=ev.DeliveryResult.ERROR,
+                latency_ms=latency_ms,
+                reason_code=reason_code,
+            ),
+        )
+
+    out = deltas([attempt(0.0, ev.RejectionCode.CIRCUIT_OPEN), attempt(40.0, None)])
+    assert dict(out.latency) == {((TEN, CAMP, SRC, B1), latency_bucket(40.0)): 1}
+    assert out.stats[(TEN, CAMP, SRC, B1)]["errors"] == 2  # both still count as errors

@@ -125,7 +125,10 @@ def deltas(events: Iterable[Event]) -> Deltas:
                 row["posts"] += 1
         elif isinstance(e, ev.DeliveryAttempted):
             k = key(e, p.campaign_id, p.source_id, p.buyer_id)
-            latency[(k, latency_bucket(p.latency_ms))] += 1  # every try is an answer
+            # A try never sent (breaker open, buyer paused, data shredded) took no time
+            # at the buyer: it is recorded with 0 ms and is no answer to time.
+            if p.latency_ms > 0:
+                latency[(k, latency_bucket(p.latency_ms))] += 1
             if p.final:
                 if p.result is ev.DeliveryResult.REJECTED:
                     stats[k]["rejected"] += 1

@@ -28,8 +28,9 @@ from lx_analytics import reports
 
 log = get_logger(__name__)
 Clock = Callable[[], dt.datetime]
-# One scheduler at a time across the service's replicas.
-_LOCK = int.from_bytes(hashlib.sha256(b"lx-analytics-exports").digest()[:7], "big")
+# The advisory lock class of export runs (the second key is the export's id hashed):
+# one replica runs a given export at a time.
+_LOCK_CLASS = int.from_bytes(hashlib.sha256(b"lx-analytics-exports").digest()[:3], "big")
 
 
 def utcnow() -> dt.datetime:
@@ -80,39 +81,78 @@ class ExportScheduler:
             await asyncio.sleep(self.poll_s)
 
     async def tick(self, now: dt.datetime | None = None) -> Tick:
-        """Run what is due at ``now``, then delete what has expired by then."""
+        """Run what is due at ``now``, then delete what has expired by then.
+
+        Each export runs in a transaction of its own under a lock of its own, so one
+        that fails (a report too large, a full disk) is logged and skipped without
+        holding back the others or the deletions, and two replicas never run one twice.
+        """
         now = now or self.clock()
         async with self.db.begin() as conn:
-            if not await conn.scalar(text("select pg_try_advisory_xact_lock(:k)"), {"k": _LOCK}):
-                return Tick([], [])
-            due = await conn.execute(
-                text(
-                    "select e.*, (select max(run_at) from export_runs r"
-                    "  where r.export_id = e.export_id) as last_run"
-                    " from exports e where e.status = 'active' order by e.export_id"
+            exports = list(
+                await conn.scalars(
+                    text("select export_id from exports where status = 'active' order by 1")
                 )
             )
-            ran = []
-            for export in due.all():
-                if is_due(export.last_run, export.every_hours, now):
-                    ran.append(await self._run(conn, export, now))
-            expired = await conn.execute(
-                text(
-                    "select run_id, export_id, file_name from export_runs"
-                    " where deleted_at is null and expires_at <= :now order by expires_at"
-                ),
-                {"now": now},
-            )
-            deleted = []
-            for run in expired.all():
-                (self.folder / run.file_name).unlink(missing_ok=True)
+        ran = []
+        for export_id in exports:
+            try:
+                run_id = await self._run_if_due(export_id, now)
+            except Exception as exc:
+                log.error("export_failed", export_id=str(export_id), error=repr(exc))
+                continue
+            if run_id is not None:
+                ran.append(run_id)
+        async with self.db.begin() as conn:
+            expired = (
                 await conn.execute(
-                    text("update export_runs set deleted_at = :now where run_id = :r"),
+                    text(
+                        "select run_id, file_name from export_runs"
+                        " where deleted_at is null and expires_at <= :now order by expires_at"
+                    ),
+                    {"now": now},
+                )
+            ).all()
+        deleted = []
+        for run in expired:
+            async with self.db.begin() as conn:
+                marked = await conn.scalar(
+                    text(
+                        "update export_runs set deleted_at = :now"
+                        " where run_id = :r and deleted_at is null returning run_id"
+                    ),
                     {"now": now, "r": run.run_id},
                 )
-                deleted.append(run.run_id)
-                log.info("export_file_deleted", run_id=str(run.run_id), file=run.file_name)
+                if marked is None:
+                    continue  # another replica got there first
+                # Inside the transaction: if it then fails to commit, the next tick marks
+                # the row again and finds the file already gone (missing_ok).
+                (self.folder / run.file_name).unlink(missing_ok=True)
+            deleted.append(run.run_id)
+            log.info("export_file_deleted", run_id=str(run.run_id), file=run.file_name)
         return Tick(ran, deleted)
+
+    async def _run_if_due(self, export_id: uuid.UUID, now: dt.datetime) -> uuid.UUID | None:
+        async with self.db.begin() as conn:
+            locked = await conn.scalar(
+                text("select pg_try_advisory_xact_lock(:k, hashtext(:e))"),
+                {"k": _LOCK_CLASS, "e": str(export_id)},
+            )
+            if not locked:
+                return None  # another replica is running it
+            export = (
+                await conn.execute(
+                    text(
+                        "select e.*, (select max(run_at) from export_runs r"
+                        "  where r.export_id = e.export_id) as last_run"
+                        " from exports e where e.export_id = :e and e.status = 'active'"
+                    ),
+                    {"e": export_id},
+                )
+            ).first()
+            if export is None or not is_due(export.last_run, export.every_hours, now):
+                return None
+            return await self._run(conn, export, now)
 
     async def _run(self, conn: Any, export: Any, now: dt.datetime) -> uuid.UUID:
         query = ev.ExportQuery.model_validate(export.query)
@@ -127,6 +167,27 @@ class ExportScheduler:
         partial = path.with_suffix(".partial")
         partial.write_bytes(body)
         partial.replace(path)
+        try:
+            await self._record(conn, export, query, run_id, name, rows, body, since, until, now)
+        except BaseException:
+            path.unlink(missing_ok=True)  # no file without its audit row
+            raise
+        log.info("export_written", export_id=str(export.export_id), file=name, rows=len(rows))
+        return run_id
+
+    async def _record(
+        self,
+        conn: Any,
+        export: Any,
+        query: ev.ExportQuery,
+        run_id: uuid.UUID,
+        name: str,
+        rows: list[Any],
+        body: bytes,
+        since: dt.datetime,
+        until: dt.datetime,
+        now: dt.datetime,
+    ) -> None:
         await conn.execute(
             text(
                 "insert into export_runs (run_id, export_id, name, configured_by, configured_at,"
@@ -150,5 +211,3 @@ class ExportScheduler:
                 "expires": now + dt.timedelta(days=export.retention_days),
             },
         )
-        log.info("export_written", export_id=str(export.export_id), file=name, rows=len(rows))
-        return run_id
