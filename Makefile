@@ -8,18 +8,19 @@ PY := .venv/bin/python
 export UV_PYTHON := $(PYTHON)
 export UV_LINK_MODE := copy
 
-.PHONY: help setup run stop test test-unit test-integration test-e2e lint format clean bench bench-load bench-routing bench-auction bench-rebuild
+.PHONY: help setup run stop test test-unit test-integration test-e2e lint format clean bench bench-load bench-routing bench-auction bench-rebuild bench-faults
 
 help:
 	@echo "make run     - set up, start Kafka, PostgreSQL, every service and a demo buyer"
 	@echo "make test    - set up, run unit, integration and end-to-end tests"
 	@echo "make lint    - ruff and mypy --strict"
 	@echo "make stop    - stop everything make run started"
-	@echo "make bench   - every benchmark below, figures under bench-results/ (~15 min)"
+	@echo "make bench   - every benchmark below, figures under bench-results/ (~30 min)"
 	@echo "make bench-load    - the whole stack under open- and closed-loop load, vs the machine's limits"
 	@echo "make bench-routing - routing time per lead with 50 buyers"
 	@echo "make bench-auction - the ping-post auction's own overhead beyond its buyers' time"
 	@echo "make bench-rebuild - rebuild rate of each projection on a log of 350,000 events"
+	@echo "make bench-faults  - 20,000 leads through kills, broker and database restarts, bad buyers"
 	@echo "make clean   - stop and delete local state (.local, .venv)"
 
 $(UV):
@@ -56,7 +57,7 @@ lint: setup
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy libs/*/src services/*/src
 
-bench: bench-load bench-routing bench-auction bench-rebuild
+bench: bench-load bench-routing bench-auction bench-rebuild bench-faults
 
 bench-load: setup
 	$(PY) -m bench.load
@@ -69,6 +70,9 @@ bench-auction: setup
 
 bench-rebuild: setup
 	$(PY) -m bench.rebuild
+
+bench-faults: setup
+	$(PY) -m bench.faults
 
 format: setup
 	$(PY) -m ruff format .

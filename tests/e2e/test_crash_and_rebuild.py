@@ -3,22 +3,17 @@ billing and analytics projections from the log and compare."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import threading
 import time
 from collections import Counter, defaultdict
 from decimal import Decimal
 from typing import Any
 
-import httpx
 import pytest
 from lx_devstack.stack import Seeded, Stack, config_settled, seed
 from lx_schemas import events as ev
-from lx_schemas.topics import DELIVERY_OUTCOME
 
-from tests.e2e.support import a_lead, buyer_inbox, operator_get, post_lead, wait_for
-from tests.support.kafka import read_events
+from tests.e2e.support import LeadStream, buyer_inbox, final_outcomes, operator_get, wait_for
 
 # Every service consumes something; ingest and admin also answer HTTP while they die.
 KILL_ORDER = ("router", "delivery", "billing", "analytics", "admin", "ingest")
@@ -41,57 +36,11 @@ def demo(stack: Stack) -> Seeded:
     )
 
 
-class LeadStream:
-    """Posts leads at a steady rate from a thread; keeps the ids answered 202."""
-
-    def __init__(self, stack: Stack, api_key: str) -> None:
-        self.stack, self.api_key = stack, api_key
-        self.accepted: list[str] = []
-        self.refused: Counter[str] = Counter()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        n = 0
-        while not self._stop.is_set():
-            n += 1
-            try:
-                r = post_lead(self.stack, self.api_key, a_lead(n), timeout=5)
-            except httpx.HTTPError as exc:  # ingest is down or died mid-request
-                self.refused[type(exc).__name__] += 1
-            else:
-                if r.status_code == 202:
-                    self.accepted.append(r.json()["lead_id"])
-                else:
-                    self.refused[str(r.status_code)] += 1
-            self._stop.wait(1 / RATE_PER_S)
-
-    def __enter__(self) -> LeadStream:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-
-def final_outcomes(stack: Stack, expected_leads: set[str]) -> list[ev.Event]:
-    topic = DELIVERY_OUTCOME.qualified(stack.layout.topic_prefix)
-
-    def covered(events: list[ev.Event]) -> bool:
-        finals = {
-            str(e.correlation_id) for e in events if isinstance(e, ev.LeadSold | ev.LeadUnsold)
-        }
-        return expected_leads <= finals
-
-    return asyncio.run(read_events(stack.infra.kafka_bootstrap, topic, until=covered, timeout=180))
-
-
 @pytest.fixture(scope="module")
 def crashed(stack: Stack, demo: Seeded) -> dict[str, Any]:
     """The stream with its kills; returns what happened for the tests to judge."""
     kills = []
-    with LeadStream(stack, demo.api_key) as stream:
+    with LeadStream(stack, demo.api_key, rate_per_s=RATE_PER_S) as stream:
         time.sleep(2)
         for name in KILL_ORDER:
             before = len(stream.accepted)

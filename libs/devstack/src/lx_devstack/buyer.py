@@ -2,9 +2,14 @@
 
 Each buyer is a path, ``/buyers/<name>/<mode>``; the mode says how it answers:
 ``accept``, ``reject``, ``error`` (503), ``flaky`` (503 on a delivery id's first
-try, then accept), ``slow`` (waits ``?ms=`` then accepts), ``hang`` (never answers
-within any sane timeout). For pings, ``bid`` waits ``?ms=`` (default 0) and then bids
-``?price=`` (default 10.00) with a bid id (``?bid_id=``, default ``<name>-<n>``):
+try, then accept), ``slow`` (waits ``?ms=`` then accepts; with ``?max_ms=``, a wait
+drawn uniformly between the two), ``hang`` (never answers within any sane timeout),
+``reset`` (reads the request, then resets the connection without answering). The
+faults ``error``, ``hang`` and ``reset`` take ``?p=``, the chance (default 1) that a
+request meets the fault; the others are accepted. Each received row says what the
+buyer did (``answer``: accepted, rejected, error, hang, reset, bid, nobid). For pings,
+``bid`` waits ``?ms=`` (default 0) and then bids ``?price=`` (default 10.00) with a bid
+id (``?bid_id=``, default ``<name>-<n>``):
 ``{"price": "40.00", "bid_id": "..."}``; ``nobid`` declines (``{"price": null}``).
 ``GET /received`` lists what arrived, for tests and demos.
 """
@@ -14,6 +19,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
+import socket
+import struct
 import time
 from collections import Counter
 from typing import Any
@@ -25,6 +33,40 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 DELIVERY_ID_HEADER = "x-leadexchange-delivery-id"
+FAULTS = ("error", "hang", "reset")
+
+
+def _answer(mode: str, query: dict[str, str], first_try: bool) -> str:
+    """What the buyer does with this request, decided when it arrives."""
+    if mode in ("bid", "nobid"):
+        return mode
+    if mode == "reject":
+        return "rejected"
+    if mode in FAULTS:
+        chance = float(query.get("p", "1"))
+        return mode if random.random() < chance else "accepted"
+    if mode == "flaky" and first_try:
+        return "error"
+    return "accepted"
+
+
+def _reset_connection(request: Request) -> bool:
+    """Abort the request's TCP connection with a RST, no answer sent.
+
+    ASGI gives an app no handle on its connection; uvicorn's ``receive`` is a method of
+    its request cycle, which holds the transport. SO_LINGER 0 then turns the close into
+    a reset (ECONNRESET at the client) rather than an orderly FIN. False if the server
+    is not one where this works (the caller then answers 500).
+    """
+    cycle = getattr(request.receive, "__self__", None)
+    transport = getattr(cycle, "transport", None)
+    if transport is None:
+        return False
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+    return True
 
 
 def create_buyer_app() -> Starlette:
@@ -40,6 +82,8 @@ def create_buyer_app() -> Starlette:
             return JSONResponse({"status": "rejected", "reason": "not json"}, status_code=400)
         delivery_id = request.headers.get(DELIVERY_ID_HEADER, "")
         tries[delivery_id] += 1
+        query = dict(request.query_params)
+        answer = _answer(mode, query, tries[delivery_id] == 1)
         received.append(
             {
                 "buyer": name,
@@ -47,25 +91,31 @@ def create_buyer_app() -> Starlette:
                 "delivery_id": delivery_id,
                 "lead_id": lead.get("lead_id"),
                 "at": time.time(),
+                "answer": answer,
                 "lead": lead,
             }
         )
         if mode == "bid":
-            await asyncio.sleep(int(request.query_params.get("ms", "0")) / 1000)
-            bid_id = request.query_params.get("bid_id") or f"{name}-{len(received)}"
-            price = request.query_params.get("price", "10.00")
+            await asyncio.sleep(int(query.get("ms", "0")) / 1000)
+            bid_id = query.get("bid_id") or f"{name}-{len(received)}"
+            price = query.get("price", "10.00")
             return JSONResponse({"price": price, "bid_id": bid_id})
         if mode == "nobid":
             return JSONResponse({"price": None, "reason": "not bidding on this one"})
-        if mode == "reject":
+        if answer == "rejected":
             return JSONResponse({"status": "rejected", "reason": "not buying this one"})
-        if mode == "error":
+        if answer == "error":
             return JSONResponse({"status": "error"}, status_code=503)
-        if mode == "flaky" and tries[delivery_id] == 1:
-            return JSONResponse({"status": "error"}, status_code=503)
+        if answer == "reset" and _reset_connection(request):
+            # The connection is gone; what is returned here is never sent.
+            return JSONResponse({"status": "reset"}, status_code=500)
+        if answer == "reset":
+            return JSONResponse({"status": "error"}, status_code=500)
         if mode == "slow":
-            await asyncio.sleep(int(request.query_params.get("ms", "200")) / 1000)
-        if mode == "hang":
+            low = int(query.get("ms", "200"))
+            wait_ms = random.uniform(low, int(query.get("max_ms", str(low))))
+            await asyncio.sleep(wait_ms / 1000)
+        if answer == "hang":
             await asyncio.sleep(3600)
         return JSONResponse({"status": "accepted", "buyer_lead_id": f"{name}-{len(received)}"})
 

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import logging
 import os
+import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from lx_devstack.kafka import KafkaNode, broker_answers
@@ -27,7 +31,9 @@ __all__ = [
     "local_kafka",
     "local_postgres",
     "main",
+    "private_infra",
     "start_infra",
+    "start_private_infra",
 ]
 
 log = logging.getLogger(__name__)
@@ -114,6 +120,102 @@ def start_infra() -> Infra:
     if pg is not None:
         admin_dsn = pg.admin_dsn
     return Infra(kafka_bootstrap=bootstrap, pg=pg, pg_admin_dsn=libpq_dsn(admin_dsn), kafka=kafka)
+
+
+# --- a private pair, for tests that stop and restart the servers themselves ----------
+
+
+def _private_folder(folder: Path) -> Path:
+    """``folder``, resolved, provided the shared servers' data is not in it."""
+    folder = Path(folder).resolve()
+    for shared in (local_kafka().data_dir, local_postgres().data_dir):
+        if shared.is_relative_to(folder):
+            raise ValueError(f"{folder} holds the shared servers' data ({shared})")
+    return folder
+
+
+def start_private_infra(
+    folder: Path,
+    *,
+    kafka_port: int,
+    kafka_controller_port: int,
+    pg_port: int,
+    kafka_heap: str = "512m",
+    log_folder: Path | None = None,
+) -> Infra:
+    """A Kafka broker and a PostgreSQL server of their own, with their data in ``folder``.
+
+    For fault tests that kill and restart the servers: the project's shared pair
+    (``start_infra``) serves other test sessions meanwhile and is never touched. The
+    ports must differ from the shared servers'; the jars are shared (read only).
+    Stop and delete with :func:`destroy_private_infra` (or use :func:`private_infra`);
+    the servers' logs go to ``log_folder`` (default ``folder``), which is kept.
+    """
+    folder = _private_folder(folder)
+    shared_ports = {local_kafka().port, local_kafka().controller_port, local_postgres().port}
+    if shared_ports & {kafka_port, kafka_controller_port, pg_port}:
+        raise ValueError(f"ports {sorted(shared_ports)} belong to the shared servers")
+    kafka = KafkaNode(
+        folder / "kafka",
+        port=kafka_port,
+        controller_port=kafka_controller_port,
+        heap=kafka_heap,
+        log_file=(log_folder or folder) / "kafka.log",
+        pid_file=folder / "kafka.pid",
+    )
+    pg = PostgresNode(folder / "pg", port=pg_port, log_file=(log_folder or folder) / "postgres.log")
+    infra = Infra(
+        kafka_bootstrap=kafka.bootstrap_servers, pg=pg, pg_admin_dsn=pg.admin_dsn, kafka=kafka
+    )
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            for started in [pool.submit(kafka.start), pool.submit(pg.start)]:
+                started.result()
+    except BaseException:
+        destroy_private_infra(infra, folder)
+        raise
+    return infra
+
+
+def destroy_private_infra(infra: Infra, folder: Path) -> None:
+    """Kill a private pair (its data is about to go, so no clean shutdown) and delete it."""
+    folder = _private_folder(folder)
+    if infra.kafka is not None:
+        with contextlib.suppress(Exception):
+            infra.kafka.kill9()
+    if infra.pg is not None:
+        with contextlib.suppress(Exception):
+            infra.pg.kill9()
+        # Where PostgreSQL really kept its files (a /tmp fallback, a short socket dir).
+        for extra in (infra.pg.base_dir, infra.pg.socket_dir):
+            if not extra.is_relative_to(folder):
+                shutil.rmtree(extra, ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def private_infra(
+    folder: Path,
+    *,
+    kafka_port: int,
+    kafka_controller_port: int,
+    pg_port: int,
+    kafka_heap: str = "512m",
+    log_folder: Path | None = None,
+) -> Iterator[Infra]:
+    """:func:`start_private_infra`, stopped and deleted on the way out, failures included."""
+    infra = start_private_infra(
+        folder,
+        kafka_port=kafka_port,
+        kafka_controller_port=kafka_controller_port,
+        pg_port=pg_port,
+        kafka_heap=kafka_heap,
+        log_folder=log_folder,
+    )
+    try:
+        yield infra
+    finally:
+        destroy_private_infra(infra, folder)
 
 
 def _out(line: str) -> None:

@@ -426,6 +426,14 @@ class KafkaNode:
         pid = self.pid()
         if pid is not None:
             self._kill(pid)
+            # The JVM's main thread shows as a zombie while its other threads are still
+            # torn down, and the sockets close only after the last one: until then a
+            # start() would find the ports taken.
+            deadline = time.monotonic() + 10
+            while port_open(self.port) or port_open(self.controller_port):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"Kafka broker pid {pid} still holds its ports")
+                time.sleep(0.05)
         self.pid_file.unlink(missing_ok=True)
 
     @staticmethod
