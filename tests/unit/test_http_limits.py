@@ -297,3 +297,29 @@ def test_the_rate_setting_must_be_a_rate() -> None:
     assert PlatformSettings(operator_rate_limit="10/second").operator_rate_limit == "10/second"
     with pytest.raises(ValidationError, match="operator_rate_limit"):
         PlatformSettings(operator_rate_limit="lots")
+
+
+async def test_a_database_outage_answers_503_with_retry_after_and_a_bug_a_json_500() -> None:
+    import httpx
+    import sqlalchemy.exc
+    from fastapi import FastAPI
+    from lx_platform.runtime import install_error_handlers
+
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/down")
+    async def down() -> None:
+        raise sqlalchemy.exc.OperationalError("select 1", {}, OSError("connection refused"))
+
+    @app.get("/bug")
+    async def bug() -> None:
+        raise KeyError("oops")
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        r = await client.get("/down")
+        assert r.status_code == 503 and r.headers["retry-after"] == "2"
+        assert r.json()["error"]["code"] == "service_unavailable"
+        r = await client.get("/bug")
+        assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"

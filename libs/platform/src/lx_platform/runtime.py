@@ -19,7 +19,7 @@ from lx_schemas.topics import TopicSpec
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from lx_platform.consumer import BatchHandler, IdempotentConsumer
+from lx_platform.consumer import BatchHandler, IdempotentConsumer, is_transient
 from lx_platform.db import Database, apply_migrations, ensure_database
 from lx_platform.http import health_router, problem
 from lx_platform.kafka import EventPublisher, ensure_topics, make_broker
@@ -240,6 +240,26 @@ def install_error_handlers(app: FastAPI) -> None:
         # Retry-After of a 429, Allow of a 405, WWW-Authenticate...
         response.headers.update(exc.headers or {})
         return response
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        if is_transient(exc):
+            # The database or Kafka is down or restarting: nothing was decided, the
+            # client may send the same request again shortly.
+            log.warning(
+                "request_failed_transiently", path=request.url.path, error=type(exc).__name__
+            )
+            response = problem(
+                503, "service_unavailable", "a dependency is unavailable; retry shortly"
+            )
+            response.headers["Retry-After"] = str(TRANSIENT_RETRY_AFTER_S)
+            return response
+        log.error("request_failed", path=request.url.path, exc_info=exc)
+        return problem(500, "internal_error", "an unexpected error; it has been logged")
+
+
+# What a client is told to wait when the database or Kafka is briefly unavailable.
+TRANSIENT_RETRY_AFTER_S = 2
 
 
 def serve(app: FastAPI, settings: ServiceSettings) -> None:
