@@ -207,7 +207,11 @@ async def _world(infra: Infra, isolation: str, delivery_url: str) -> AsyncIterat
         internal_timeout_s=2.0,
         operator_rate_limit="100000/second",
     )
-    settings = settings_for(AdminSettings, infra, isolation, "admin", platform=platform)
+    # The matrix signs in once per caller and route: far above the guessing limit, which
+    # test_login_attempts_per_address_are_limited checks on its own.
+    settings = settings_for(
+        AdminSettings, infra, isolation, "admin", platform=platform, login_rate_limit="10000/minute"
+    )
     app = create_service(settings, resolver=DNS)
     async with hosted(app) as (client, rt):
         world = World(client, rt, app, own=None, other=None)  # type: ignore[arg-type]
@@ -678,3 +682,17 @@ async def test_the_pii_of_a_trace_is_the_owners_and_each_read_is_audited(world: 
     assert last.actor == f"api_token:{owner['token_id']}"
     assert str(last.entity_id) == world.own.lead_id and str(last.account_id) == world.own.account_id
     assert CANARY not in str(last.after)
+
+
+async def test_login_attempts_per_address_are_limited(infra: Infra, isolation: str) -> None:
+    settings = settings_for(
+        AdminSettings, infra, isolation, "admin_login", login_rate_limit="3/minute"
+    )
+    async with hosted(create_service(settings, resolver=DNS)) as (client, _):
+        wrong = {"email": "guess@example.com", "password": "not the password"}
+        answers = [(await client.post("/v1/auth/login", json=wrong)).status_code for _ in range(4)]
+        assert answers == [401, 401, 401, 429]
+        r = await client.post("/v1/auth/login", json=wrong)
+        assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
+        other = {"email": "someone.else@example.com", "password": "x" * 12}
+        assert (await client.post("/v1/auth/login", json=other)).status_code == 401

@@ -7,3 +7,6 @@ class AdminSettings(ServiceSettings):
 
     database_url: str = "postgresql+psycopg://lx:lx@127.0.0.1:25432/lx_admin"
     http_port: int = 8000
+    # Sign-in attempts per e-mail address (limits' notation; per process): a password or
+    # a 6-digit TOTP code must not be guessable by trying fast.
+    login_rate_limit: str = "5/minute;20/hour"

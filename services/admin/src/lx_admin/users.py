@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from fastapi import APIRouter, Depends, HTTPException, Response, status
+from lx_platform.limits import CredentialRateLimiter
 from lx_platform.secrets import ConfigKeys
 from lx_schemas.envelope import Frozen
 from lx_schemas.integration import SealedSecret
@@ -99,6 +100,14 @@ def _open(keys: ConfigKeys, sealed: Any) -> str:
     return keys.open(SealedSecret.model_validate(sealed))
 
 
+def _login_limiter(rt: Any) -> CredentialRateLimiter:
+    """Attempts per e-mail address, known or not (so the limit tells nothing)."""
+    limiter: CredentialRateLimiter | None = rt.extras.get("login_limiter")
+    if limiter is None:
+        limiter = rt.extras["login_limiter"] = CredentialRateLimiter(rt.settings.login_rate_limit)
+    return limiter
+
+
 @router.post(
     "/auth/login",
     response_model=Session,
@@ -112,6 +121,13 @@ def _open(keys: ConfigKeys, sealed: Any) -> str:
 async def login(body: Login, rt: Rt) -> Session:
     """A session for a user: e-mail address, password and, once enrolled, a TOTP code
     (RFC 6238; each code is accepted once). Short-lived (30 minutes)."""
+    wait = await _login_limiter(rt).admit(body.email.strip().lower())
+    if wait is not None:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            {"code": "rate_limited", "detail": f"too many sign-in attempts; retry in {wait} s"},
+            headers={"Retry-After": str(wait)},
+        )
     async with rt.db.begin() as conn:
         user = await store.user_by_email(conn, body.email)
     hashed = user["password_hash"] if user else await asyncio.to_thread(_decoy_hash)
