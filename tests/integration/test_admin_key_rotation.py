@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 import uuid
 from typing import Any
 
+from lx_admin import access
 from lx_admin.main import create_service
 from lx_admin.settings import AdminSettings
 from lx_devstack.infra import Infra
@@ -32,6 +34,29 @@ def admin_with(infra: Infra, tag: str, keys: str) -> Any:
     return create_service(
         settings_for(AdminSettings, infra, tag, "admin", platform=platform), resolver=DNS
     )
+
+
+OWNER = f"owner-{uuid.uuid4().hex[:8]}@rotate.example"
+PASSWORD = "a long enough password"
+
+
+async def enrolled_owner(admin: Admin, account_id: str) -> tuple[str, int]:
+    """An owner with TOTP enrolled (sealed under the config key in force): its secret and
+    the step its enrolment used."""
+    await admin.created(
+        f"/v1/accounts/{account_id}/users", {"email": OWNER, "password": PASSWORD, "role": "owner"}
+    )
+    r = await admin.client.post("/v1/auth/login", json={"email": OWNER, "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    bearer = {"authorization": f"Bearer {r.json()['token']}"}
+    r = await admin.client.post("/v1/auth/totp", headers=bearer)
+    assert r.status_code == 201, r.text
+    secret: str = r.json()["secret"]
+    step = int(time.time() // 30)
+    code = access.totp_code(secret, step)
+    r = await admin.client.post("/v1/auth/totp/confirm", json={"code": code}, headers=bearer)
+    assert r.status_code == 200, r.text
+    return secret, step
 
 
 def key_ids(state: dict[str, Any]) -> set[str]:
@@ -70,6 +95,7 @@ async def test_a_rotation_reseals_every_buyer_secret_and_the_old_key_can_go(
         )
         buyer_id = buyer["buyer_id"]
         signing = buyer["signing_secret_value"]
+        totp_secret, enrolled_step = await enrolled_owner(admin, account["account_id"])
         assert key_ids((await admin.send("GET", f"/v1/buyers/{buyer_id}")).json()) == {"old1"}
 
     # The operator puts the new key first and keeps the old one while resealing.
@@ -77,7 +103,7 @@ async def test_a_rotation_reseals_every_buyer_secret_and_the_old_key_can_go(
         admin = Admin(client, rt, infra.kafka_bootstrap)
         r = await admin.send("POST", "/v1/config-keys/reseal")
         assert r.status_code == 200, r.text
-        assert r.json() == {"key_id": "new1", "buyers": 1, "resealed": 1}
+        assert r.json() == {"key_id": "new1", "buyers": 1, "resealed": 1, "users_resealed": 1}
         again = await admin.send("POST", "/v1/config-keys/reseal")
         assert again.json()["resealed"] == 0  # safe to run again
         stored = await admin.everything_stored()
@@ -100,3 +126,9 @@ async def test_a_rotation_reseals_every_buyer_secret_and_the_old_key_can_go(
         assert state.ping is not None and state.ping.integration.auth.secret is not None
         assert keys.open(state.ping.integration.auth.secret) == PING
         assert keys.open(state.signing_secret) == signing
+        # The owner's TOTP secret was re-sealed too: signing in still works.
+        code = access.totp_code(totp_secret, enrolled_step + 1)
+        r = await admin.client.post(
+            "/v1/auth/login", json={"email": OWNER, "password": PASSWORD, "totp": code}
+        )
+        assert r.status_code == 200, r.text

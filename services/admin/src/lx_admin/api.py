@@ -12,7 +12,7 @@ from lx_platform.runtime import Runtime
 from lx_platform.secrets import ConfigKeys
 from lx_schemas import events as ev
 from lx_schemas.envelope import Event, Frozen, decode_event
-from lx_schemas.integration import Auth, Integration, PingConfig
+from lx_schemas.integration import Auth, Integration, PingConfig, SealedSecret
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -567,6 +567,7 @@ class Resealed(BaseModel):
     key_id: str  # the config key every buyer secret is now sealed under
     buyers: int  # buyers looked at
     resealed: int  # buyers whose secrets were re-sealed and republished
+    users_resealed: int = 0  # users whose TOTP secret was re-sealed
 
 
 @router.post("/config-keys/reseal", response_model=Resealed, responses=ERRORS)
@@ -591,4 +592,11 @@ async def reseal_secrets(rt: Rt, who: Staff) -> Resealed:
             await _publish(rt, conn, ev.BuyerConfigured, fresh, buyer_id, fresh.account_id)
             resealed += 1
     rt.relay.wake()
-    return Resealed(key_id=keys.current, buyers=len(ids), resealed=resealed)
+    users = 0
+    async with rt.db.begin() as conn:
+        for user_id, column, sealed in await store.sealed_user_secrets(conn):
+            secret = SealedSecret.model_validate(sealed)
+            if secret.key_id != keys.current:
+                await store.set_user_secret(conn, user_id, column, keys.reseal(secret))
+                users += 1
+    return Resealed(key_id=keys.current, buyers=len(ids), resealed=resealed, users_resealed=users)

@@ -478,3 +478,29 @@ async def sale_account(conn: AsyncConnection, lead_id: uuid.UUID) -> uuid.UUID |
         text("select account_id from sales where lead_id = :l limit 1"), {"l": lead_id}
     )
     return account
+
+
+_USER_SECRET_COLUMNS = ("totp_secret", "totp_pending")
+
+
+async def sealed_user_secrets(conn: AsyncConnection) -> list[tuple[uuid.UUID, str, Any]]:
+    """Every sealed TOTP secret (enrolled or pending) as (user, column, sealed), locked."""
+    rows = await conn.execute(
+        text("select user_id, totp_secret, totp_pending from users for update")
+    )
+    return [
+        (row.user_id, column, getattr(row, column))
+        for row in rows
+        for column in _USER_SECRET_COLUMNS
+        if getattr(row, column) is not None
+    ]
+
+
+async def set_user_secret(
+    conn: AsyncConnection, user_id: uuid.UUID, column: str, sealed: Any
+) -> None:
+    assert column in _USER_SECRET_COLUMNS
+    await conn.execute(
+        text(f"update users set {column} = cast(:s as jsonb) where user_id = :u"),
+        {"s": sealed.model_dump_json(), "u": user_id},
+    )
