@@ -21,14 +21,11 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from lx_analytics.main import create_service as create_analytics
 from lx_analytics.settings import AnalyticsSettings
 from lx_billing.main import create_service as create_billing
 from lx_billing.settings import BillingSettings
 from lx_devstack.infra import Infra
-from lx_platform.runtime import Runtime
 from lx_schemas import Event
 from lx_schemas import events as ev
 from lx_schemas.rules import Payout
@@ -36,6 +33,7 @@ from lx_sre.projections import rebuild_projection
 
 from tests.support.kafka import publish
 from tests.support.services import OPERATOR, eventually, hosted, settings_for
+from tests.support.settle import caught_up
 
 ACCOUNT, CAMPAIGN = uuid.uuid4(), uuid.uuid4()
 S1, S2, B1, B2, B3 = (uuid.uuid4() for _ in range(5))
@@ -253,31 +251,6 @@ def key_of(event: Event) -> uuid.UUID:
 
 
 # --- the services and their answers ---------------------------------------------------------
-
-
-async def caught_up(bootstrap: str, rt: Runtime) -> bool:
-    """Has each consumer group of ``rt`` committed up to the end of every partition?"""
-    for consumer in rt.consumers:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            committed = await admin.list_consumer_group_offsets(consumer.group_id)
-            described = await admin.describe_topics(consumer.topics)
-        finally:
-            await admin.close()
-        tps = [
-            TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]
-        ]
-        reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-        await reader.start()
-        try:
-            ends = await reader.end_offsets(tps)
-        finally:
-            await reader.stop()
-        for tp, end in ends.items():
-            if end and (tp not in committed or committed[tp].offset < end):
-                return False
-    return True
 
 
 def report_queries() -> list[dict[str, Any]]:

@@ -83,3 +83,28 @@ async def read_all(bootstrap: str, topic: str) -> list[Event]:
 def republished(event: Event) -> Event:
     """The same fact under a new event id (a replay, or a producer's retry)."""
     return event.model_copy(update={"event_id": uuid.uuid4()})
+
+
+async def caught_up(bootstrap: str, rt: Runtime) -> bool:
+    """Has each consumer group of ``rt`` committed up to the end of every partition?"""
+    for consumer in rt.consumers:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            committed = await admin.list_consumer_group_offsets(consumer.group_id)
+            described = await admin.describe_topics(consumer.topics)
+        finally:
+            await admin.close()
+        tps = [
+            TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]
+        ]
+        reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        await reader.start()
+        try:
+            ends = await reader.end_offsets(tps)
+        finally:
+            await reader.stop()
+        for tp, end in ends.items():
+            if end and (tp not in committed or committed[tp].offset < end):
+                return False
+    return True

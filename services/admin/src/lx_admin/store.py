@@ -69,12 +69,14 @@ async def list_states(
     return [dict(r) for r in rows]
 
 
-async def record_lead_events(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+async def _record_events(
+    conn: AsyncConnection, table: str, key: str, rows: Sequence[dict[str, Any]]
+) -> None:
     if rows:
         await conn.execute(
             text(
-                "insert into lead_events (event_id, lead_id, account_id, type, occurred_at, topic,"
-                ' "offset", payload) values (:event_id, :lead_id, :account_id, :type,'
+                f"insert into {table} (event_id, {key}, account_id, type, occurred_at, topic,"
+                f' "offset", payload) values (:event_id, :{key}, :account_id, :type,'
                 " :occurred_at, :topic, :offset, cast(:payload as jsonb))"
                 " on conflict (event_id) do nothing"
             ),
@@ -82,39 +84,33 @@ async def record_lead_events(conn: AsyncConnection, rows: Sequence[dict[str, Any
         )
 
 
-async def lead_events(conn: AsyncConnection, lead_id: uuid.UUID) -> list[dict[str, Any]]:
+async def _events_of(
+    conn: AsyncConnection, table: str, key: str, value: uuid.UUID
+) -> list[dict[str, Any]]:
     rows = await conn.execute(
         text(
             'select event_id, type, occurred_at, topic, "offset", payload, account_id'
-            ' from lead_events where lead_id = :l order by occurred_at, "offset"'
+            f' from {table} where {key} = :v order by occurred_at, "offset"'
         ),
-        {"l": lead_id},
+        {"v": value},
     )
     return [dict(r._mapping) for r in rows]
+
+
+async def record_lead_events(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    await _record_events(conn, "lead_events", "lead_id", rows)
+
+
+async def lead_events(conn: AsyncConnection, lead_id: uuid.UUID) -> list[dict[str, Any]]:
+    return await _events_of(conn, "lead_events", "lead_id", lead_id)
 
 
 async def record_ping_events(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        await conn.execute(
-            text(
-                "insert into ping_events (event_id, ping_id, account_id, type, occurred_at, topic,"
-                ' "offset", payload) values (:event_id, :ping_id, :account_id, :type,'
-                " :occurred_at, :topic, :offset, cast(:payload as jsonb))"
-                " on conflict (event_id) do nothing"
-            ),
-            [{**r, "payload": json.dumps(r["payload"])} for r in rows],
-        )
+    await _record_events(conn, "ping_events", "ping_id", rows)
 
 
 async def ping_events(conn: AsyncConnection, ping_id: uuid.UUID) -> list[dict[str, Any]]:
-    rows = await conn.execute(
-        text(
-            'select event_id, type, occurred_at, topic, "offset", payload'
-            ' from ping_events where ping_id = :p order by occurred_at, "offset"'
-        ),
-        {"p": ping_id},
-    )
-    return [dict(r._mapping) for r in rows]
+    return await _events_of(conn, "ping_events", "ping_id", ping_id)
 
 
 async def entity_names(

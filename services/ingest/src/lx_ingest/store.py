@@ -594,58 +594,49 @@ async def hand_on_key(
 # --- expiry ---------------------------------------------------------------------------------
 
 
+async def _prune(
+    conn: AsyncConnection, table: str, expired: str, params: dict[str, Any], limit: int
+) -> int:
+    """Delete up to ``limit`` rows of ``table`` matching ``expired`` (a fixed SQL
+    condition of this module, never input), skipping rows another transaction holds."""
+    result = await conn.execute(
+        text(
+            f"delete from {table} where ctid = any(array("
+            f" select ctid from {table} where {expired}"
+            " limit :n for update skip locked))"
+        ),
+        {**params, "n": limit},
+    )
+    return int(result.rowcount)
+
+
 async def prune_idempotency_keys(
     conn: AsyncConnection, *, created_before: dt.datetime, now: dt.datetime, limit: int
 ) -> int:
     """Delete up to ``limit`` expired keys (never one a live request holds)."""
-    result = await conn.execute(
-        text(
-            "delete from idempotency_keys where ctid = any(array("
-            " select ctid from idempotency_keys where created_at < :before"
-            " and (lease_until is null or lease_until < :now)"
-            " limit :n for update skip locked))"
-        ),
-        {"before": created_before, "now": now, "n": limit},
+    return await _prune(
+        conn,
+        "idempotency_keys",
+        "created_at < :before and (lease_until is null or lease_until < :now)",
+        {"before": created_before, "now": now},
+        limit,
     )
-    return int(result.rowcount)
 
 
 async def prune_cap_counters(conn: AsyncConnection, *, before: dt.datetime, limit: int) -> int:
     """Delete up to ``limit`` counters of periods that began before ``before``."""
-    result = await conn.execute(
-        text(
-            "delete from source_cap_counters where ctid = any(array("
-            " select ctid from source_cap_counters where period_start < :before"
-            " limit :n for update skip locked))"
-        ),
-        {"before": before, "n": limit},
+    return await _prune(
+        conn, "source_cap_counters", "period_start < :before", {"before": before}, limit
     )
-    return int(result.rowcount)
 
 
 async def prune_rejected_leads(conn: AsyncConnection, *, before: dt.datetime, limit: int) -> int:
-    result = await conn.execute(
-        text(
-            "delete from rejected_leads where ctid = any(array("
-            " select ctid from rejected_leads where refused_at < :before"
-            " limit :n for update skip locked))"
-        ),
-        {"before": before, "n": limit},
-    )
-    return int(result.rowcount)
+    return await _prune(conn, "rejected_leads", "refused_at < :before", {"before": before}, limit)
 
 
 async def prune_dedupe_index(conn: AsyncConnection, *, now: dt.datetime, limit: int) -> int:
     """Delete up to ``limit`` duplicate-index entries whose window has passed."""
-    result = await conn.execute(
-        text(
-            "delete from dedupe_index where ctid = any(array("
-            " select ctid from dedupe_index where expires_at < :now"
-            " limit :n for update skip locked))"
-        ),
-        {"now": now, "n": limit},
-    )
-    return int(result.rowcount)
+    return await _prune(conn, "dedupe_index", "expires_at < :now", {"now": now}, limit)
 
 
 # --- data subjects: the subject index, requests, shredding, retention -----------------------
