@@ -93,6 +93,16 @@ async def test_a_valid_lead_is_in_kafka_with_its_pii_sealed_and_its_usage_counte
         "phone": "+14155550132",
         "first_name": "Augusta",
     }
+    # Several at once (delivery's batch of jobs): known ids answered, unknown ones left out.
+    lookup = "/internal/v1/lead-keys/lookup"
+    unknown = uuid.uuid4()
+    body = {"key_ids": [str(sealed.key_id), str(unknown)]}
+    assert (await ingest.client.post(lookup, json=body)).status_code == 401
+    many = await ingest.client.post(lookup, json=body, headers=INTERNAL)
+    assert many.status_code == 200, many.text
+    assert many.json()["keys"] == {str(sealed.key_id): key.json()["data_key"]}
+    too_many = {"key_ids": [str(uuid.uuid4()) for _ in range(501)]}
+    assert (await ingest.client.post(lookup, json=too_many, headers=INTERNAL)).status_code == 422
 
     # usage.incremented: one leads_received for this lead, keyed by the account.
     usage = await ingest.records(USAGE_INCREMENTED, key=src.account_id)

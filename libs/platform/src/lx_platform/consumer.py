@@ -215,6 +215,7 @@ class IdempotentConsumer:
     async def process(self, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
         """Apply a batch; returns only once its effects are committed to the database."""
         started = time.perf_counter()
+        staged_before = self.outbox.staged
         decoded: list[Consumed] = []
         poison: list[tuple[ConsumerRecord[Any, Any], BaseException]] = []
         for record in records:
@@ -241,7 +242,8 @@ class IdempotentConsumer:
             m.events_consumed.labels(self.group_id, topic).inc(n)
         for topic, n in tally.duplicates.items():
             m.events_duplicate.labels(self.group_id, topic).inc(n)
-        self.relay.wake()
+        if self.outbox.staged != staged_before:  # an idle relay costs a transaction a wake
+            self.relay.wake()
         if self.after_commit is not None:
             self.after_commit()
 

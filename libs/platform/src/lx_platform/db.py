@@ -33,7 +33,13 @@ class Database:
             url,
             pool_size=pool_size,
             max_overflow=pool_size,
-            pool_pre_ping=True,
+            # No ping before each checkout: it was one more round trip on every
+            # transaction. A connection that died with the server (a restart) fails its
+            # next statement instead; SQLAlchemy then discards the whole pool, the
+            # consumers retry the batch (is_transient) and an API call answers 503 with
+            # Retry-After (lx_platform.runtime) — the fault suite restarts PostgreSQL
+            # under load to hold this.
+            pool_pre_ping=False,
             connect_args=connect_args,
         )
 

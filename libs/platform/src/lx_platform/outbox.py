@@ -35,6 +35,9 @@ _INSERT = text(
 class Outbox:
     def __init__(self, publisher: EventPublisher) -> None:
         self.publisher = publisher
+        # Rows staged through this outbox so far (committed or not): a consumer wakes the
+        # relay only when its batch staged any, rather than after every batch.
+        self.staged = 0
 
     async def stage(self, conn: AsyncConnection, event: Event, key: uuid.UUID | str) -> None:
         await self.stage_many(conn, [(event, key)])
@@ -44,6 +47,7 @@ class Outbox:
     ) -> None:
         if not items:
             return
+        self.staged += len(items)
         await conn.execute(
             _INSERT,
             [
@@ -68,6 +72,7 @@ class Outbox:
         value: bytes,
     ) -> None:
         """For records that are not platform events (dead letters keep their raw bytes)."""
+        self.staged += 1
         await conn.execute(
             _INSERT,
             {

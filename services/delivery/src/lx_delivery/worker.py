@@ -118,6 +118,7 @@ class DeliveryWorker:
             return 1
         async with self.db.begin() as conn:
             jobs = await store.claim_due(conn, free, lease_s=LEASE_S)
+        await self.keys.prefetch(j.lead.pii.key_id for j in jobs if j.lead.pii is not None)
         for job in jobs:
             task = asyncio.create_task(self._deliver(job))
             self._tasks.add(task)

@@ -38,11 +38,13 @@ from lx_platform.logging import get_logger
 from lx_platform.runtime import Runtime
 from lx_schemas import events as ev
 from lx_schemas.envelope import Frozen, derived_id, utcnow
+from pydantic import BaseModel, Field
 
 from lx_ingest import domain, store
 from lx_ingest.auction import AuctionClient, AuctionRefused, AuctionUnavailable, Claim
 from lx_ingest.ratelimit import SourceRateLimiter
 from lx_ingest.settings import IngestSettings
+from lx_ingest.sources import SourceCache
 
 log = get_logger(__name__)
 router = APIRouter(tags=["leads"])
@@ -245,8 +247,15 @@ async def _source(
             },
         )
     digest = hashlib.sha256(key.encode()).hexdigest()
-    async with _runtime(request).db.begin() as conn:
-        ctx = await store.source_by_key_hash(conn, digest)
+    rt = _runtime(request)
+    cache: SourceCache = rt.extras["sources"]
+    ctx = cache.get(digest)
+    if ctx is None:
+        generation = cache.generation
+        async with rt.db.begin() as conn:
+            ctx = await store.source_by_key_hash(conn, digest)
+        if ctx is not None:
+            cache.put(digest, ctx, generation)
     if ctx is None or ctx.campaign_status is None:
         raise HTTPException(401, {"code": "invalid_api_key", "detail": "unknown API key"})
     return ctx
@@ -924,3 +933,22 @@ async def get_lead_key(key_id: uuid.UUID, request: Request) -> dict[str, str]:
     if key is None:
         raise HTTPException(404, {"code": "key_not_found", "detail": "no such key (or shredded)"})
     return {"key_id": str(key_id), "data_key": base64.b64encode(key).decode()}
+
+
+class KeyLookup(BaseModel):
+    key_ids: list[uuid.UUID] = Field(max_length=500)
+
+
+class KeyLookupAnswer(BaseModel):
+    keys: dict[str, str]  # key id -> data key (base64); shredded or unknown ids are absent
+
+
+@internal.post("/lead-keys/lookup")
+async def lookup_lead_keys(body: KeyLookup, request: Request) -> KeyLookupAnswer:
+    """The data keys of several leads at once (delivery's batch of jobs)."""
+    import base64
+
+    rt = _runtime(request)
+    async with rt.db.begin() as conn:
+        keys = await rt.extras["vault"].get_many(conn, body.key_ids)
+    return KeyLookupAnswer(keys={str(k): base64.b64encode(v).decode() for k, v in keys.items()})

@@ -160,6 +160,16 @@ class KeyVault:
         )
         return self.wrapper.unwrap(wrapped) if wrapped else None
 
+    async def get_many(
+        self, conn: AsyncConnection, key_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, bytes]:
+        """The keys that exist among ``key_ids`` (shredded or unknown ones are left out)."""
+        rows = await conn.execute(
+            text("select key_id, wrapped_key from lead_keys where key_id = any(:ks)"),
+            {"ks": list(key_ids)},
+        )
+        return {r.key_id: self.wrapper.unwrap(r.wrapped_key) for r in rows}
+
     async def get_or_create(self, conn: AsyncConnection, key_id: uuid.UUID) -> bytes:
         """A retry that continues a dead request's lead keeps that lead's key."""
         return await self.get(conn, key_id) or await self.create(conn, key_id)
