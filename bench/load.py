@@ -49,13 +49,19 @@ from lx_devstack.stack import (
 from bench.machine import copy_limit, kafka_limits
 
 RESULTS = Path(os.environ.get("LX_BENCH_RESULTS", "bench-results")) / "load"
-RATES = [int(r) for r in os.environ.get("LX_BENCH_RATES", "100,250,500,1000,2000").split(",")]
+RATES = [int(r) for r in os.environ.get("LX_BENCH_RATES", "25,50,100,200,500,1000").split(",")]
 STEP_S = float(os.environ.get("LX_BENCH_STEP_S", "20"))
 DRAIN_S = float(os.environ.get("LX_BENCH_DRAIN_S", "30"))
 WORKERS = int(os.environ.get("LX_BENCH_WORKERS", "64"))
 CLOSED_S = float(os.environ.get("LX_BENCH_CLOSED_S", "20"))
 SOAK_S = float(os.environ.get("LX_BENCH_SOAK_S", "0"))
 SOAK_RATE = int(os.environ.get("LX_BENCH_SOAK_RATE", "1000"))
+# A step is saturated when the platform finishes (to a final outcome) less than this
+# share of what was offered within the step and its drain: higher rates are then not
+# tried (each would only queue more work behind the same limit), and said so.
+IDLE_S = float(os.environ.get("LX_BENCH_IDLE_S", "10"))
+RECORDS_PER_LEAD = 6  # see markdown(): what one sold lead writes to Kafka
+SATURATED_SHARE = float(os.environ.get("LX_BENCH_SATURATED_SHARE", "0.8"))
 RAW_MESSAGES = int(os.environ.get("LX_BENCH_RAW_MESSAGES", "200000"))
 RAW_ROWS = int(os.environ.get("LX_BENCH_RAW_ROWS", "500000"))
 
@@ -229,6 +235,59 @@ class MemorySampler:
         self._thread.join()
 
 
+class CpuMeter:
+    """CPU seconds used by each part of the platform: every service process, the fake
+    buyer, the Kafka broker, PostgreSQL (the postmaster with its live backends and the
+    ended ones it reaped) and this load generator. Differences between two readings
+    divided by the leads of a step give the CPU each lead costs in each part, which is
+    what limits the rate on a machine where all of them share two cores."""
+
+    def __init__(self, stack: Stack, infra: Infra) -> None:
+        self.stack = stack
+        self.infra = infra
+
+    def read(self) -> dict[str, float]:
+        parts: dict[str, float] = {}
+        for name, proc in self.stack.processes.items():
+            pid = proc.pid()
+            if pid is not None:
+                parts[name] = _cpu(pid)
+        kafka_pid = self.infra.kafka.pid() if self.infra.kafka else None
+        if kafka_pid is not None:
+            parts["kafka"] = _cpu(kafka_pid)
+        pg_pid = self.infra.pg.pid() if self.infra.pg else None
+        if pg_pid is not None:
+            with contextlib.suppress(psutil.Error):
+                master = psutil.Process(pg_pid)
+                times = master.cpu_times()
+                total = times.user + times.system + times.children_user + times.children_system
+                for child in master.children(recursive=True):
+                    total += _cpu(child.pid)
+                parts["postgres"] = total
+        parts["load generator"] = _cpu(os.getpid())
+        return parts
+
+    @staticmethod
+    def per_lead_ms(
+        before: dict[str, float], after: dict[str, float], leads: int
+    ) -> dict[str, float]:
+        if leads <= 0:
+            return {}
+        return {
+            k: round((after[k] - before.get(k, 0.0)) / leads * 1000, 2)
+            for k in after
+            if k in before
+        }
+
+
+def _cpu(pid: int) -> float:
+    try:
+        t = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(t.user + t.system)
+
+
 async def lag_of(bootstrap: str, prefix: str) -> dict[str, int]:
     """Records behind per consumer group (end offsets minus committed), summed."""
     from aiokafka.admin import AIOKafkaAdminClient
@@ -272,6 +331,7 @@ def bench_stack(infra: Infra) -> Iterator[Stack]:
 
 async def run_load(stack: Stack, infra: Infra) -> dict[str, Any]:
     layout = stack.layout
+    cpu = CpuMeter(stack, infra)
     seeded = await asyncio.to_thread(
         seed,
         layout.url("admin"),
@@ -294,16 +354,32 @@ async def run_load(stack: Stack, infra: Infra) -> dict[str, Any]:
     steps: list[dict[str, Any]] = []
     soak: dict[str, Any] | None = None
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        await open_loop(session, url, seeded.api_key, 50, 2)  # warm-up, not reported
+        await open_loop(session, url, seeded.api_key, 20, 2)  # warm-up, not reported
+        await asyncio.sleep(5)  # settled
+        before = cpu.read()
+        await asyncio.sleep(IDLE_S)
+        # What each part burns with no leads at all (polls, heartbeats, timers): at low
+        # rates it dominates the CPU per lead.
+        idle = {k: round(v / IDLE_S, 1) for k, v in cpu.per_lead_ms(before, cpu.read(), 1).items()}
+        print(json.dumps({"idle_cpu_ms_per_s": idle}), flush=True)
+        skipped: list[int] = []
         for rate in RATES:
+            if steps and steps[-1]["saturated"]:
+                skipped.append(rate)
+                continue
+            before = cpu.read()
             sent = await open_loop(session, url, seeded.api_key, rate, STEP_S)
             await drain(sent, outcomes, DRAIN_S)
             step = summarise(f"open {rate}/s", sent, outcomes, STEP_S)
+            step["cpu_ms_per_lead"] = cpu.per_lead_ms(before, cpu.read(), step["final_outcomes"])
+            step["saturated"] = step["final_outcomes"] < SATURATED_SHARE * step["requests"]
             steps.append(step)
             print(json.dumps(step), flush=True)
+        before = cpu.read()
         sent = await closed_loop(session, url, seeded.api_key, WORKERS, CLOSED_S)
         await drain(sent, outcomes, DRAIN_S)
         closed = summarise(f"closed {WORKERS} workers", sent, outcomes, CLOSED_S)
+        closed["cpu_ms_per_lead"] = cpu.per_lead_ms(before, cpu.read(), closed["final_outcomes"])
         print(json.dumps(closed), flush=True)
         if SOAK_S > 0:
             lag_samples: list[tuple[float, dict[str, int]]] = []
@@ -326,7 +402,13 @@ async def run_load(stack: Stack, infra: Infra) -> dict[str, Any]:
             print(json.dumps(soak), flush=True)
     stop.set()
     await watcher
-    return {"steps": steps, "closed_loop": closed, "soak": soak}
+    return {
+        "idle_cpu_ms_per_s": idle,
+        "steps": steps,
+        "skipped_rates": skipped,
+        "closed_loop": closed,
+        "soak": soak,
+    }
 
 
 def plot(steps: list[dict[str, Any]], path: Path) -> None:
@@ -387,17 +469,66 @@ def markdown(report: dict[str, Any]) -> str:
             f" | {s['statuses']} |"
         )
     closed = report["load"]["closed_loop"]
+    best = max(
+        (s for s in report["load"]["steps"] if s["end_to_end_per_s"]),
+        key=lambda s: s["end_to_end_per_s"],
+        default=None,
+    )
+    e2e = best["end_to_end_per_s"] if best else None
+    records = RECORDS_PER_LEAD
     lines += [
+        "",
+        *(
+            [f"Not tried (a lower rate was saturated): {report['load']['skipped_rates']} leads/s."]
+            if report["load"].get("skipped_rates")
+            else []
+        ),
         "",
         "## Against the machine",
         "",
-        "Each lead costs several Kafka records (received, usage, routed, attempted, sold,",
-        "usage) and several transactions; the ratios say how far the platform is from",
-        "the bare broker and database on the same cores.",
+        f"A sold lead is {records} Kafka records (lead.received, usage.incremented x2,",
+        "lead.routed, delivery.outcome x2 — attempted and sold) and about a dozen",
+        "PostgreSQL transactions across five services; the ratios compare the platform",
+        "with the bare broker on the same cores.",
         "",
         "- ingest accepted (closed loop): "
         + ratio(closed["accepted_per_s"], m["kafka_produce_msgs_per_s"])
-        + " of raw produce",
+        + " of raw produce; as records (x2): "
+        + ratio(
+            closed["accepted_per_s"] * 2 if closed["accepted_per_s"] else None,
+            m["kafka_produce_msgs_per_s"],
+        ),
+        "- end to end (best open-loop step): "
+        + ratio(e2e, m["kafka_produce_msgs_per_s"])
+        + f"; as records (x{records}): "
+        + ratio(e2e * records if e2e else None, m["kafka_produce_msgs_per_s"]),
+        "",
+        "## CPU per lead (ms), by part",
+        "",
+        "Every part shares the machine's cores, so the sum of a row bounds the rate:",
+        f"{report['cpus']} cores = {report['cpus'] * 1000} ms of CPU per second.",
+        "",
+    ]
+    rows = [*report["load"]["steps"], closed]
+    parts = sorted({k for r in rows for k in r.get("cpu_ms_per_lead", {})})
+    lines += [
+        "| step | " + " | ".join(parts) + " | total |",
+        "|---" * (len(parts) + 2) + "|",
+    ]
+    idle = report["load"].get("idle_cpu_ms_per_s", {})
+    lines.append(
+        "| idle, ms per second | "
+        + " | ".join(f"{idle[k]:.1f}" if k in idle else "-" for k in parts)
+        + f" | {sum(idle.values()):.1f} |"
+    )
+    for r in rows:
+        c = r.get("cpu_ms_per_lead", {})
+        lines.append(
+            f"| {r['label']} | "
+            + " | ".join(f"{c[k]:.1f}" if k in c else "-" for k in parts)
+            + f" | {sum(c.values()):.1f} |"
+        )
+    lines += [
         "",
         "## Peak resident memory (MB)",
         "",

@@ -122,6 +122,9 @@ class OutboxRelay:
 
     async def _run(self) -> None:
         while True:
+            # Cleared before the batch is read, not after: a commit that wakes the relay
+            # while it reads must not be forgotten (its rows would wait for the poll).
+            self._wake.clear()
             try:
                 sent = await self.relay_once()
             except asyncio.CancelledError:
@@ -132,7 +135,6 @@ class OutboxRelay:
                 continue
             if sent >= self.batch:
                 continue
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_s)
 

@@ -97,6 +97,9 @@ class DeliveryWorker:
 
     async def _run(self) -> None:
         while True:
+            # Cleared before the jobs are claimed, not after: jobs committed while the
+            # claim runs wake the next round instead of waiting for the poll.
+            self._wake.clear()
             try:
                 claimed = await self._dispatch()
             except asyncio.CancelledError:
@@ -107,7 +110,6 @@ class DeliveryWorker:
                 continue
             if claimed:
                 continue
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_s)
 
