@@ -35,7 +35,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
-from lx_platform.db import Database
+from lx_platform.db import Database, pg_array, pg_text_array
 from lx_platform.kafka import dead_letter_topic
 from lx_platform.logging import get_logger
 from lx_platform.metrics import Metrics
@@ -97,10 +97,10 @@ async def claim_events(
         ),
         {
             "c": consumer,
-            "ids": [i.event.event_id for i in items],
-            "topics": [i.topic for i in items],
-            "parts": [i.partition for i in items],
-            "offs": [i.offset for i in items],
+            "ids": pg_array(i.event.event_id for i in items),
+            "topics": pg_text_array(i.topic for i in items),
+            "parts": pg_array(i.partition for i in items),
+            "offs": pg_array(i.offset for i in items),
         },
     )
     new_ids = {r[0] for r in rows}
