@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from lx_platform.db import pg_array
 from lx_schemas.events import BuyerState, LeadContent, LeadRoutedPayload
 from lx_schemas.rules import Payout
 from sqlalchemy import text
@@ -26,11 +27,15 @@ async def upsert_buyer(conn: AsyncConnection, b: BuyerState) -> None:
     )
 
 
-async def buyer(conn: AsyncConnection, buyer_id: uuid.UUID) -> BuyerState | None:
-    state = await conn.scalar(
-        text("select state from buyers where buyer_id = :id"), {"id": buyer_id}
+async def buyers(
+    conn: AsyncConnection, buyer_ids: Iterable[uuid.UUID]
+) -> dict[uuid.UUID, BuyerState]:
+    """The states of several buyers at once (a batch of jobs); unknown ones left out."""
+    rows = await conn.execute(
+        text("select buyer_id, state from buyers where buyer_id = any(cast(:ids as uuid[]))"),
+        {"ids": pg_array(set(buyer_ids))},
     )
-    return BuyerState.model_validate(state) if state is not None else None
+    return {r.buyer_id: BuyerState.model_validate(r.state) for r in rows}
 
 
 async def insert_deliveries(

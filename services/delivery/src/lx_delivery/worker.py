@@ -120,16 +120,18 @@ class DeliveryWorker:
             return 1
         async with self.db.begin() as conn:
             jobs = await store.claim_due(conn, free, lease_s=LEASE_S)
+            # Each job's buyer read with the claim, rather than in a transaction per job.
+            buyers = await store.buyers(conn, (j.buyer_id for j in jobs)) if jobs else {}
         await self.keys.prefetch(j.lead.pii.key_id for j in jobs if j.lead.pii is not None)
         for job in jobs:
-            task = asyncio.create_task(self._deliver(job))
+            task = asyncio.create_task(self._deliver(job, buyers.get(job.buyer_id)))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return len(jobs)
 
-    async def _deliver(self, job: store.Job) -> None:
+    async def _deliver(self, job: store.Job, buyer: ev.BuyerState | None) -> None:
         try:
-            await self._deliver_once(job)
+            await self._deliver_once(job, buyer)
         except Exception as exc:
             # Leave the lease to expire: the job is tried again as outcome unknown.
             log.error(
@@ -139,11 +141,10 @@ class DeliveryWorker:
                 transient=is_transient(exc),
             )
 
-    async def _deliver_once(self, job: store.Job) -> None:
+    async def _deliver_once(self, job: store.Job, buyer: ev.BuyerState | None) -> None:
+        """``buyer``: its state when the job was claimed (None: unknown)."""
         if job.interrupted:
             await self._record_interrupted(job)
-        async with self.db.begin() as conn:
-            buyer = await store.buyer(conn, job.buyer_id)
         if buyer is None or buyer.status != ev.Status.ACTIVE:
             code = RejectionCode.BUYER_ERROR if buyer is None else RejectionCode.BUYER_PAUSED
             reason = "buyer_unknown" if buyer is None else "buyer_paused"
