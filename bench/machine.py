@@ -2,7 +2,9 @@
 
 - a raw aiokafka producer (acks=all, idempotent, as the services produce) and consumer,
   on messages the size of a ``LeadReceived``;
-- a raw PostgreSQL ``COPY`` of rows shaped like a projection's.
+- a raw PostgreSQL ``COPY`` of rows shaped like a projection's;
+- the web stack alone (``bench.bare_http``: uvicorn + FastAPI + pydantic, nothing
+  behind it), driven by the same load generator as ingest.
 
 Every platform figure in the bench report is printed next to these, as a ratio.
 """
@@ -11,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -101,3 +105,29 @@ def copy_limit(infra: Infra, rows: int) -> dict[str, float]:
     finally:
         infra.drop_database(database)
     return {"pg_copy_rows_per_s": rows / elapsed, "pg_copy_rows": float(rows)}
+
+
+async def http_limit(
+    port: int, drive: Callable[[str, float], Awaitable[tuple[int, float]]], seconds: float
+) -> dict[str, float]:
+    """Requests per second the bare web stack answers ``202`` to, closed loop: what a
+    Python HTTP service can take on this machine before doing any work."""
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.bare_http", str(port)
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/v1/leads"
+        deadline = time.monotonic() + 20
+        while True:  # until it listens
+            try:
+                await drive(url, 0.2)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+        answered, elapsed = await drive(url, seconds)
+    finally:
+        server.terminate()
+        await asyncio.wait_for(server.wait(), 10)
+    return {"bare_http_202_per_s": answered / elapsed}

@@ -325,6 +325,16 @@ ROUTES: dict[tuple[str, str], Route] = {
         tenant=False,
         expect=lambda c, own: _self_only(204 if own else 401)(c, own),
     ),
+    # An access token for the other services: any credential but the operator token.
+    ("POST", "/v1/auth/access-token"): Route(
+        None,
+        200,
+        at("/v1/auth/access-token"),
+        tenant=False,
+        expect=lambda c, _: (
+            401 if c.kind in ("none", "buyer") else 403 if c.kind == "operator" else 200
+        ),
+    ),
     ("POST", "/v1/accounts/{account_id}/users"): Route(
         P.USERS,
         201,

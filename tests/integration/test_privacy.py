@@ -24,11 +24,11 @@ from lx_ingest.retention import prune_once
 from lx_platform.crypto import open_fields
 from lx_schemas import events as ev
 from lx_schemas.envelope import utcnow
-from lx_schemas.topics import LEAD_RECEIVED
+from lx_schemas.topics import LEAD_RECEIVED, PRIVACY_ERASURES
 from sqlalchemy import text
 
 from tests.support.ingest import LEAD, Service, Source, configure, running_ingest
-from tests.support.services import OPERATOR
+from tests.support.services import OPERATOR, eventually
 
 EMAIL_OR_PHONE = ev.DedupeRule(fields=("email", "phone"), window_days=30)
 # Numbers 555-xxxx of a random block, one after another: unique within the module.
@@ -272,7 +272,7 @@ async def test_retention_shreds_only_the_leads_older_than_their_campaigns_window
         ids=[old, old_elsewhere],
     )
 
-    pruned = await prune_once(ingest.rt.db, ingest.settings)
+    pruned = await prune_once(ingest.rt.db, ingest.settings, ingest.rt.outbox)
 
     assert pruned["leads_shredded"] >= 1
     assert await held(ingest, "lead_keys", "key_id", [old]) == 0
@@ -283,6 +283,12 @@ async def test_retention_shreds_only_the_leads_older_than_their_campaigns_window
         f"/v1/privacy/campaigns/{short.campaign_id}/retention", headers=OPERATOR
     )
     assert (view.json()["leads_shredded"], view.json()["retention_days"]) == (1, 30)
+    # Announced like an erasure, so the router forgets their keyed hashes too.
+    ingest.rt.relay.wake()
+    announced = await eventually(
+        lambda: ingest.events_of(PRIVACY_ERASURES, short.account_id), what="LeadsErased"
+    )
+    assert [e.payload.lead_ids for e in announced] == [(old,)]
     # A second round finds nothing more to shred in it.
     await prune_once(ingest.rt.db, ingest.settings)
     again = await ingest.client.get(

@@ -11,18 +11,39 @@ import httpx
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from lx_devstack.infra import Infra
+from lx_devstack.stack import access_token_key_pair
+from lx_platform.access import AccessTokenSigner, Principal
 from lx_platform.runtime import Runtime
-from lx_platform.settings import KafkaSettings, ServiceSettings
+from lx_platform.settings import KafkaSettings, PlatformSettings, ServiceSettings
+from pydantic import SecretStr
 
 S = TypeVar("S", bound=ServiceSettings)
 T = TypeVar("T")
 OPERATOR = {"authorization": "Bearer dev-operator-token"}
+# This test session's access-token keys, as a dev stack makes its own: admin signs with
+# the first, every service verifies with the second (see ``settings_for``).
+ACCESS_SIGNING_KEY, ACCESS_PUBLIC_KEYS = access_token_key_pair("test1")
+
+
+def access_header(who: Principal) -> dict[str, str]:
+    """An Authorization header with an access token for ``who``, signed as admin would."""
+    token = AccessTokenSigner.from_setting(ACCESS_SIGNING_KEY).mint(who).token
+    return {"authorization": f"Bearer {token}"}
 
 
 def settings_for(cls: type[S], infra: Infra, tag: str, service: str, **extra: Any) -> S:
     """Settings for a service in this test module: its own database and topic prefix."""
     database = f"{tag}_{service}"
     infra.create_database(database)
+    # Access tokens work out of the box, as in `make run`: the session's keys, unless a
+    # test names its own.
+    platform = extra.get("platform") or PlatformSettings()
+    if not platform.access_token_public_keys:
+        extra["platform"] = platform.model_copy(
+            update={"access_token_public_keys": ACCESS_PUBLIC_KEYS}
+        )
+    if "access_token_signing_key" in cls.model_fields:
+        extra.setdefault("access_token_signing_key", SecretStr(ACCESS_SIGNING_KEY))
     return cls(
         database_url=infra.dsn(database),
         kafka=KafkaSettings(bootstrap_servers=infra.kafka_bootstrap, topic_prefix=f"{tag}."),

@@ -8,6 +8,7 @@ running ``make run`` and a test session never meet).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -23,12 +24,32 @@ from typing import Any
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lx_devstack.infra import Infra
 from lx_devstack.paths import logs_dir, pid_alive, read_pidfile, run_dir
 
 SERVICES = ("admin", "ingest", "router", "delivery", "billing", "analytics", "auction")
 DEV_OPERATOR_TOKEN = "dev-operator-token"  # noqa: S105 - the development default, refused in production
+
+
+def access_token_key_pair(kid: str = "dev1") -> tuple[str, str]:
+    """A fresh Ed25519 pair for access tokens, as the settings take them:
+    (``LX_ADMIN_ACCESS_TOKEN_SIGNING_KEY``, ``LX_PLATFORM_ACCESS_TOKEN_PUBLIC_KEYS``), each
+    ``kid:<32 raw bytes, base64>``. Made per stack, never written to disk: production has
+    none unless its operators configure a key (see docs/security.md)."""
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    return (
+        f"{kid}:{base64.b64encode(private).decode()}",
+        f"{kid}:{base64.b64encode(public).decode()}",
+    )
 
 
 @dataclass
@@ -45,6 +66,8 @@ class StackLayout:
     # The fake buyer listens on loopback, which the egress policy refuses unless allowed
     # (LX_PLATFORM_EGRESS_ALLOW_CIDRS, empty in production): exactly its address.
     egress_allow_cidrs: str = "127.0.0.1/32"
+    # (signing key, public keys) of this stack's access tokens: admin signs, all verify.
+    access_token_keys: tuple[str, str] = field(default_factory=access_token_key_pair)
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def port(self, service: str) -> int:
@@ -71,9 +94,12 @@ def service_env(service: str, infra: Infra, layout: StackLayout) -> dict[str, st
         "LX_PLATFORM_AUCTION_URL": layout.url("auction"),
         "LX_PLATFORM_OPERATOR_TOKEN": layout.operator_token,
         "LX_PLATFORM_EGRESS_ALLOW_CIDRS": layout.egress_allow_cidrs,
+        "LX_PLATFORM_ACCESS_TOKEN_PUBLIC_KEYS": layout.access_token_keys[1],
         f"{prefix}DATABASE_URL": infra.dsn(layout.database(service)),
         f"{prefix}HTTP_PORT": str(layout.port(service)),
     }
+    if service == "admin":
+        env["LX_ADMIN_ACCESS_TOKEN_SIGNING_KEY"] = layout.access_token_keys[0]
     return {**env, **layout.extra_env}
 
 

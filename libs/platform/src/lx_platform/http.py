@@ -1,4 +1,5 @@
-"""Health and readiness endpoints, the internal-call guard, and error bodies."""
+"""Health and readiness endpoints, the internal-call and operator guards, the principal
+guard (operator token or access token, with a permission), and error bodies."""
 
 from __future__ import annotations
 
@@ -8,6 +9,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Request, status
 from fastapi.responses import JSONResponse
+
+from lx_platform.access import (
+    OPERATOR,
+    AccessTokenError,
+    AccessTokenVerifier,
+    Permission,
+    Principal,
+    looks_like_jwt,
+)
 
 if TYPE_CHECKING:
     from lx_platform.limits import CredentialRateLimiter
@@ -103,3 +113,86 @@ def internal_guard() -> Callable[..., Awaitable[None]]:
     return require_internal(
         lambda r: r.app.state.runtime.settings.platform.internal_token.get_secret_value()
     )
+
+
+# --- principals: the operator token or an access token -------------------------------------
+
+
+def _refused(code: str, detail: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED,
+        {"code": code, "detail": detail},
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def access_token_verifier(request: Request) -> AccessTokenVerifier:
+    """The app's verifier, built once from ``LX_PLATFORM_ACCESS_TOKEN_PUBLIC_KEYS``."""
+    verifier: AccessTokenVerifier | None = getattr(request.app.state, "access_tokens", None)
+    if verifier is None:
+        keys = request.app.state.runtime.settings.platform.access_token_public_keys
+        verifier = request.app.state.access_tokens = AccessTokenVerifier.from_setting(keys)
+    return verifier
+
+
+async def authenticate_principal(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> Principal:
+    """The request's principal: the operator token (staff) or an access token minted by
+    admin for this service; 401 otherwise. Then counted against its credential's rate."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise _refused("unauthorized", "an operator token or an access token is required")
+    rt = request.app.state.runtime
+    expected = rt.settings.platform.operator_token.get_secret_value()
+    if hmac.compare_digest(token.encode(), expected.encode()):
+        await limit_credential(request, token)
+        request.state.principal = OPERATOR  # for whoever records the request's actor
+        return OPERATOR
+    if not looks_like_jwt(token):
+        raise _refused("unauthorized", "an operator token or an access token is required")
+    try:
+        who = access_token_verifier(request).verify(token, audience=rt.name)
+    except AccessTokenError as exc:
+        raise _refused(exc.code, exc.detail) from None
+    # Per principal, not per token: minting a new token every minute resets nothing.
+    await limit_credential(request, who.actor)
+    request.state.principal = who  # for whoever records the request's actor
+    return who
+
+
+def principal_guard(permission: Permission) -> Callable[..., Awaitable[Principal]]:
+    """A dependency admitting the operator token and access tokens whose role holds
+    ``permission``: 401 without a valid credential, 403 ``forbidden`` without the
+    permission (whatever the entity: a refusal tells nothing of what exists). Returns
+    the principal; the route then hides other accounts' entities (``require_visible``)."""
+
+    async def guard(
+        request: Request, authorization: Annotated[str | None, Header()] = None
+    ) -> Principal:
+        who = await authenticate_principal(request, authorization)
+        if not who.can(permission):
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                {
+                    "code": "forbidden",
+                    "detail": f"the role {who.role.value} may not {permission.value}",
+                },
+            )
+        return who
+
+    guard.permission = permission  # type: ignore[attr-defined]  # for route tables and docs
+    return guard
+
+
+def not_found(kind: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_404_NOT_FOUND, {"code": f"{kind}_not_found", "detail": f"no such {kind}"}
+    )
+
+
+def require_visible(who: Principal, account_id: Any, kind: str) -> None:
+    """404 ``<kind>_not_found`` for an entity of another account: it does not exist for
+    this principal (``account_id`` None: unknown, so not the principal's either)."""
+    if not who.sees(account_id):
+        raise not_found(kind)

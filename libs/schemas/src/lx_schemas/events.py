@@ -1240,11 +1240,67 @@ class ExportState(Frozen):
 
 
 class ExportConfigured(Event):
-    """An operator's command, validated by analytics and published (platform-wide: the
-    envelope's ``account_id`` is the nil UUID)."""
+    """A command, validated by analytics and published. The envelope's ``account_id``
+    is the account whose campaigns the export covers when a tenant configured it, and
+    the nil UUID for a platform-wide export configured by staff."""
 
     TYPE: ClassVar[str] = "ExportConfigured"
     VERSION: ClassVar[int] = 1
     type: Literal["ExportConfigured"]
     schema_version: Literal[1]
     payload: ExportState
+
+
+# --- audit.recorded -------------------------------------------------------------------------
+# Actions taken in other services that admin's hash-chained audit log keeps (admin's own
+# are written there directly, in the transaction of the change).
+
+AuditValue = str | int | bool | None
+
+
+class AuditRecordedPayload(Frozen):
+    """Who did what to which entity. Never PII: a data subject is named by the id of
+    their privacy request, never by an e-mail address or a phone number."""
+
+    # "user:<id>", "api_token:<id>", "operator_token:operator" (as admin's Principal.actor)
+    actor: Annotated[str, Field(min_length=1, max_length=200)]
+    action: Annotated[str, Field(pattern=r"^[a-z_]+(\.[a-z_]+)+$", max_length=100)]
+    entity_kind: Annotated[str, Field(pattern=r"^[a-z_]+$", max_length=50)]
+    entity_id: uuid.UUID | None = None
+    # Ids, counts and settings only (kept as the audit row's ``after``).
+    detail: Annotated[
+        dict[Annotated[str, Field(max_length=64)], AuditValue], Field(max_length=50)
+    ] = {}
+
+
+class AuditRecorded(Event):
+    TYPE: ClassVar[str] = "AuditRecorded"
+    VERSION: ClassVar[int] = 1
+    type: Literal["AuditRecorded"]
+    schema_version: Literal[1]
+    payload: AuditRecordedPayload
+
+
+# --- privacy.erasures -----------------------------------------------------------------------
+
+
+MAX_ERASED_LEADS = 1000  # per event: a subject with more is told in several
+
+
+class LeadsErasedPayload(Frozen):
+    """Leads whose personal data ingest destroyed (their data keys shredded): a data
+    subject's leads (and refused posts) erased at their request, or leads whose
+    campaign's retention ran out. A service holding anything else that links these
+    leads to a person (a keyed hash of their e-mail or phone) deletes it."""
+
+    # The privacy request; for a retention run, an id derived from the run and campaign.
+    request_id: uuid.UUID
+    lead_ids: Annotated[tuple[uuid.UUID, ...], Field(min_length=1, max_length=MAX_ERASED_LEADS)]
+
+
+class LeadsErased(Event):
+    TYPE: ClassVar[str] = "LeadsErased"
+    VERSION: ClassVar[int] = 1
+    type: Literal["LeadsErased"]
+    schema_version: Literal[1]
+    payload: LeadsErasedPayload

@@ -130,6 +130,22 @@ BILLING_LIMITS = TopicSpec(
     description="Derived by billing: accounts over their plan's cap (ingest refuses their"
     " posts) and prepaid buyers out of funds (router skips them).",
 )
+AUDIT_RECORDED = TopicSpec(
+    "audit.recorded",
+    partitions=3,
+    key="account id",
+    events=(ev.AuditRecorded,),
+    description="Actions of other services for admin's hash-chained audit log (privacy"
+    " requests and retention changes, with their actor); no PII.",
+)
+PRIVACY_ERASURES = TopicSpec(
+    "privacy.erasures",
+    partitions=3,
+    key="account id",
+    events=(ev.LeadsErased,),
+    description="Leads erased at their subject's request (ids only): services delete what"
+    " else links them to a person (router's per-buyer duplicate index).",
+)
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     CONFIG_CHANGED,
@@ -141,6 +157,8 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     BILLING_OPERATIONS,
     BILLING_LIMITS,
     EXPORT_CONFIGURED,
+    AUDIT_RECORDED,
+    PRIVACY_ERASURES,
 )
 DEAD_LETTER_PARTITIONS = 1
 

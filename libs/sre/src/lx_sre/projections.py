@@ -94,7 +94,7 @@ PROJECTIONS = {
         analytics_handlers.project,
         ANALYTICS_TOPICS,
         # Not export_runs: the exports' audit is no projection state and survives rebuilds.
-        ("hourly_stats", "rejections_hourly", "latency_hourly", "exports"),
+        ("hourly_stats", "rejections_hourly", "latency_hourly", "exports", "campaign_accounts"),
         AnalyticsSettings,
     ),
 }

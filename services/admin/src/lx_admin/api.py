@@ -18,7 +18,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from lx_admin import audit, domain, store
 from lx_admin.access import Permission, Principal
-from lx_admin.auth import allow, authenticate, not_found
+from lx_admin.auth import (
+    AccessToken,
+    Authenticated,
+    allow,
+    authenticate,
+    mint_access_token,
+    not_found,
+)
 
 # Every route also names the permission it needs (``allow``); an entity of another
 # account is 404 to the caller, as one that does not exist.
@@ -600,3 +607,27 @@ async def reseal_secrets(rt: Rt, who: Staff) -> Resealed:
                 await store.set_user_secret(conn, user_id, column, keys.reseal(secret))
                 users += 1
     return Resealed(key_id=keys.current, buyers=len(ids), resealed=resealed, users_resealed=users)
+
+
+# --- access tokens (the principal, signed, for billing, analytics and ingest) -----------------
+
+
+@router.post(
+    "/auth/access-token",
+    response_model=AccessToken,
+    tags=["access"],
+    responses={
+        401: ERRORS[401],
+        403: {
+            "description": "`totp_enrolment_required`; `operator_token_not_exchangeable`"
+            " (the operator token is accepted everywhere as it is)"
+        },
+        503: {"description": "`access_tokens_disabled`: no signing key is configured"},
+    },
+)
+async def access_token(who: Authenticated, rt: Rt) -> AccessToken:
+    """A short-lived access token (an EdDSA JWT, 5 minutes by default) carrying the
+    caller's principal (kind, id, role, account) to billing, analytics and ingest's
+    privacy API, which verify it with admin's public key. Made from a login session
+    with both factors or an API token; ask again when it expires."""
+    return mint_access_token(who, rt)

@@ -8,6 +8,9 @@ removed or slipped in behind the database's back breaks the chain at that row.
     python -m lx_admin.audit verify [--database-url URL]
 
 walks the chain and exits 1 naming the first broken row's id (``seq``).
+
+Other services' actions reach the chain as ``AuditRecorded`` events (``audit.recorded``):
+ingest's privacy requests and retention changes, with their actor.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from lx_platform.consumer import Consumed
 from lx_platform.runtime import Runtime
+from lx_schemas import events as ev
 from lx_schemas.envelope import Frozen
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
@@ -113,7 +118,38 @@ async def record(
     after: Any = None,
 ) -> None:
     """Append one entry in the caller's transaction: it stands or falls with the change."""
+    await append(
+        conn,
+        who.actor,
+        action,
+        account_id=account_id,
+        entity_kind=entity_kind,
+        entity_id=entity_id,
+        before=before,
+        after=after,
+    )
+
+
+async def append(
+    conn: AsyncConnection,
+    actor: str,
+    action: str,
+    *,
+    account_id: uuid.UUID | str | None,
+    entity_kind: str,
+    entity_id: uuid.UUID | str | None,
+    before: Any = None,
+    after: Any = None,
+    audit_id: uuid.UUID | None = None,
+    at: dt.datetime | None = None,
+) -> bool:
+    """Append one entry for ``actor``; False if an entry of ``audit_id`` is there already
+    (an event of another service, recorded once however often it is delivered)."""
     await conn.execute(text("select pg_advisory_xact_lock(:k)"), {"k": _CHAIN_LOCK})
+    if audit_id is not None and await conn.scalar(
+        text("select true from audit_log where audit_id = :a"), {"a": audit_id}
+    ):
+        return False
     # Through jsonb and back first, so the hash is of what a reader will read.
     states = (
         await conn.execute(
@@ -123,10 +159,10 @@ async def record(
     ).one()
     prev = await conn.scalar(text("select hash from audit_log order by seq desc limit 1"))
     row: dict[str, Any] = {
-        "audit_id": uuid.uuid4(),
-        "at": dt.datetime.now(dt.UTC),
+        "audit_id": audit_id or uuid.uuid4(),
+        "at": at or dt.datetime.now(dt.UTC),
         "account_id": uuid.UUID(str(account_id)) if account_id is not None else None,
-        "actor": who.actor,
+        "actor": actor,
         "action": action,
         "entity_kind": entity_kind,
         "entity_id": uuid.UUID(str(entity_id)) if entity_id is not None else None,
@@ -149,6 +185,28 @@ async def record(
             "hash": link(prev_hash, row),
         },
     )
+    return True
+
+
+async def record_events(conn: AsyncConnection, batch: Sequence[Consumed]) -> None:
+    """Append the actions other services took (``audit.recorded``), each as the entry of
+    its event id: the consumer's transaction records the batch once, and the entry's id
+    keeps even a re-published event from appearing twice."""
+    for item in batch:
+        event = item.event
+        if isinstance(event, ev.AuditRecorded):
+            p = event.payload
+            await append(
+                conn,
+                p.actor,
+                p.action,
+                account_id=event.account_id,
+                entity_kind=p.entity_kind,
+                entity_id=p.entity_id,
+                after=dict(p.detail),
+                audit_id=event.event_id,
+                at=event.occurred_at,
+            )
 
 
 async def chain(conn: AsyncConnection) -> list[dict[str, Any]]:

@@ -3,7 +3,9 @@ dependency that lets a route's permission through.
 
 Credentials: the platform's operator token (a superuser, as before users existed), a
 login session (``lxss_``) or an API token (``lxat_``). A buyer token (``lxbt_``) opens
-only the buyer's own routes (returns.buyer), never these.
+only the buyer's own routes (returns.buyer), never these. A session or an API token may
+be exchanged for a short-lived access token that the other services verify on their own
+(``mint_access_token``; see ``lx_platform.access``).
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from __future__ import annotations
 import hmac
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, Header, HTTPException, Request, status
+from lx_platform.access import AccessTokenSigner
 from lx_platform.http import limit_credential
 from lx_platform.runtime import Runtime
+from lx_schemas.envelope import Frozen
 
 from lx_admin import store
 from lx_admin.access import (
@@ -28,6 +32,7 @@ from lx_admin.access import (
     Role,
     token_sha256,
 )
+from lx_admin.settings import AdminSettings
 
 
 def _unauthorized() -> HTTPException:
@@ -62,6 +67,11 @@ async def _principal(rt: Runtime, token: str) -> Principal | None:
             row = await store.api_token_principal(conn, token_sha256(token))
         if row is None:
             return None
+        if row["expired"]:
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                {"code": "token_expired", "detail": "this API token has expired; make a new one"},
+            )
         return Principal(
             PrincipalKind.API_TOKEN, str(row["token_id"]), Role(row["role"]), row["account_id"]
         )
@@ -117,3 +127,53 @@ def require_visible(who: Principal, account_id: uuid.UUID | str | None, kind: st
     """404 for an entity of another account: it does not exist for this principal."""
     if not who.sees(account_id):
         raise not_found(kind)
+
+
+# --- access tokens for the other services ------------------------------------------------------
+
+
+class AccessToken(Frozen):
+    access_token: str  # a JWT (EdDSA), for billing, analytics and ingest's privacy API
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105 - the scheme, not a secret
+    expires_in: int  # seconds
+
+
+def _signer(rt: Runtime) -> AccessTokenSigner | None:
+    signer: AccessTokenSigner | None = rt.extras.get("access_token_signer")
+    if signer is None:
+        settings = rt.settings
+        assert isinstance(settings, AdminSettings)
+        key = settings.access_token_signing_key.get_secret_value()
+        if not key:
+            return None
+        signer = rt.extras["access_token_signer"] = AccessTokenSigner.from_setting(
+            key, settings.access_token_ttl_s
+        )
+    return signer
+
+
+def mint_access_token(who: Principal, rt: Runtime) -> AccessToken:
+    """A short-lived access token for ``who``, who signed in with both factors (or holds
+    an API token). Each call checks the credential anew (``authenticate``): a revoked
+    API token or an ended session mints no more; a token minted before lives out its
+    time to live, at most ``LX_ADMIN_ACCESS_TOKEN_TTL_S``."""
+    if who.kind is PrincipalKind.OPERATOR_TOKEN:
+        raise forbidden(
+            "the operator token is accepted by every service as it is",
+            "operator_token_not_exchangeable",
+        )
+    if not who.mfa:
+        raise forbidden(
+            "enrol a second factor first: POST /v1/auth/totp", "totp_enrolment_required"
+        )
+    signer = _signer(rt)
+    if signer is None:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            {
+                "code": "access_tokens_disabled",
+                "detail": "no signing key is configured (LX_ADMIN_ACCESS_TOKEN_SIGNING_KEY)",
+            },
+        )
+    minted = signer.mint(who)
+    return AccessToken(access_token=minted.token, expires_in=minted.expires_in)

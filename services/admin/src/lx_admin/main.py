@@ -37,6 +37,7 @@ def create_service(
     rt.consume(
         group_id="admin-sales", topics=[topics.DELIVERY_OUTCOME], handler=returns.record_sales
     )
+    rt.consume(group_id="admin-audit", topics=[topics.AUDIT_RECORDED], handler=audit.record_events)
     app = create_app(
         rt,
         title="LeadExchange admin API",

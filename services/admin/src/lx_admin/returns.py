@@ -18,6 +18,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 from lx_platform.consumer import Consumed
+from lx_platform.limits import CredentialRateLimiter
+from lx_platform.runtime import Runtime
 from lx_schemas import events as ev
 from lx_schemas.envelope import Frozen, utcnow
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -26,6 +28,7 @@ from lx_admin import audit, domain, store
 from lx_admin.access import Permission, Principal
 from lx_admin.api import ERRORS, Rt, _current, _not_found, runtime
 from lx_admin.auth import allow, authenticate
+from lx_admin.settings import AdminSettings
 
 operator = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)], tags=["returns"])
 TokenManager = Annotated[Principal, Depends(allow(Permission.BUYER_TOKENS))]
@@ -33,6 +36,7 @@ Returner = Annotated[Principal, Depends(allow(Permission.RETURNS))]
 buyer = APIRouter(prefix="/v1/buyer", tags=["buyer"])
 RETURN_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "missing, wrong or revoked token"},
+    429: {"description": "`rate_limited`: too many requests with this token (Retry-After)"},
     404: {"description": "`sale_not_found`: no sale of this lead (to this buyer)"},
     409: {"description": "`already_returned`: this sale was returned before"},
     422: {
@@ -169,6 +173,29 @@ async def _audit_token(
     )
 
 
+def _buyer_limiter(rt: Runtime) -> CredentialRateLimiter:
+    """Requests per buyer token (LX_ADMIN_BUYER_RATE_LIMIT), counted in this process."""
+    limiter: CredentialRateLimiter | None = rt.extras.get("buyer_limiter")
+    if limiter is None:
+        settings = rt.settings
+        assert isinstance(settings, AdminSettings)
+        limiter = rt.extras["buyer_limiter"] = CredentialRateLimiter(settings.buyer_rate_limit)
+    return limiter
+
+
+async def _limit_buyer(request: Request, token: str) -> None:
+    wait = await _buyer_limiter(runtime(request)).admit(token)
+    if wait is not None:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            {
+                "code": "rate_limited",
+                "detail": f"more requests with this buyer token than allowed; retry in {wait} s",
+            },
+            headers={"Retry-After": str(wait)},
+        )
+
+
 async def buyer_principal(
     request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> uuid.UUID:
@@ -179,6 +206,8 @@ async def buyer_principal(
         async with runtime(request).db.begin() as conn:
             buyer_id = await store.buyer_of_token(conn, domain.token_sha256(token))
         if buyer_id is not None:
+            # Only a live token is counted (made-up ones would fill the limiter's memory).
+            await _limit_buyer(request, token)
             return buyer_id
     raise HTTPException(
         status.HTTP_401_UNAUTHORIZED, {"code": "unauthorized", "detail": "buyer token required"}
@@ -246,7 +275,11 @@ def _delivery(row: dict[str, Any]) -> BuyerDelivery:
 @buyer.get(
     "/deliveries",
     response_model=BuyerDeliveries,
-    responses={401: RETURN_ERRORS[401], 422: {"description": "`invalid_cursor`"}},
+    responses={
+        401: RETURN_ERRORS[401],
+        422: {"description": "`invalid_cursor`"},
+        429: RETURN_ERRORS[429],
+    },
 )
 async def my_deliveries(
     buyer_id: BuyerId,

@@ -410,7 +410,7 @@ async def revoke_session(conn: AsyncConnection, session_id: uuid.UUID) -> None:
 
 
 _AUTOMATION_COLUMNS = (
-    "token_id, account_id, name, role, token_prefix, created_by, created_at, revoked_at"
+    "token_id, account_id, name, role, token_prefix, created_by, created_at, expires_at, revoked_at"
 )
 
 
@@ -419,8 +419,9 @@ async def insert_api_token(conn: AsyncConnection, row: dict[str, Any]) -> dict[s
         await conn.execute(
             text(
                 "insert into api_tokens (token_id, account_id, name, role, token_prefix,"
-                " token_sha256, created_by) values (:token_id, :account_id, :name, :role,"
-                f" :token_prefix, :token_sha256, :created_by) returning {_AUTOMATION_COLUMNS}"
+                " token_sha256, created_by, expires_at) values (:token_id, :account_id, :name,"
+                " :role, :token_prefix, :token_sha256, :created_by, :expires_at)"
+                f" returning {_AUTOMATION_COLUMNS}"
             ),
             row,
         )
@@ -457,11 +458,13 @@ async def revoke_api_token(conn: AsyncConnection, token_id: uuid.UUID) -> None:
 
 
 async def api_token_principal(conn: AsyncConnection, sha256: str) -> dict[str, Any] | None:
+    """The live token of this hash; ``expired`` true once past its expiry (the database's
+    clock decides, as for sessions)."""
     row = (
         await conn.execute(
             text(
-                "select token_id, role, account_id from api_tokens"
-                " where token_sha256 = :h and revoked_at is null"
+                "select token_id, role, account_id, expires_at <= now() as expired"
+                " from api_tokens where token_sha256 = :h and revoked_at is null"
             ),
             {"h": sha256},
         )

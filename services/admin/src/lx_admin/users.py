@@ -421,9 +421,15 @@ async def disable_user(user_id: uuid.UUID, rt: Rt, who: UserManager) -> Response
 # --- API tokens ------------------------------------------------------------------------------
 
 
+API_TOKEN_DAYS = 90  # a token's lifetime unless its creator says otherwise
+API_TOKEN_MAX_DAYS = 365  # no token lives longer: automation rotates its credential yearly
+
+
 class ApiTokenCreate(Body):
     name: Annotated[str, Field(min_length=1, max_length=200)] = "api token"
     role: Role
+    # Past its expiry the token answers 401 ``token_expired``; beyond the maximum: 422.
+    expires_in_days: Annotated[int, Field(ge=1, le=API_TOKEN_MAX_DAYS)] = API_TOKEN_DAYS
 
 
 class ApiToken(Frozen):
@@ -434,6 +440,7 @@ class ApiToken(Frozen):
     token_prefix: str
     created_by: str
     created_at: dt.datetime
+    expires_at: dt.datetime
     revoked_at: dt.datetime | None = None
 
 
@@ -445,13 +452,20 @@ class ApiTokenCreated(ApiToken):
     "/accounts/{account_id}/api-tokens",
     status_code=201,
     response_model=ApiTokenCreated,
-    responses={**ERRORS, 422: {"description": "`superuser_has_no_account`"}},
+    responses={
+        **ERRORS,
+        422: {
+            "description": "`superuser_has_no_account`; `invalid_request` (e.g."
+            f" `expires_in_days` beyond {API_TOKEN_MAX_DAYS})"
+        },
+    },
 )
 async def create_api_token(
     account_id: uuid.UUID, body: ApiTokenCreate, rt: Rt, who: TokenManager
 ) -> ApiTokenCreated:
     """A token for automation acting in the account with a role (no higher than the
-    caller's), shown once."""
+    caller's), shown once; it expires after ``expires_in_days`` (90 by default, 365 at
+    most)."""
     _may_grant(who, body.role)
     if body.role is Role.SUPERUSER:
         raise HTTPException(
@@ -471,6 +485,7 @@ async def create_api_token(
                     "token_prefix": access.display_prefix(token),
                     "token_sha256": access.token_sha256(token),
                     "created_by": who.actor,
+                    "expires_at": dt.datetime.now(dt.UTC) + dt.timedelta(days=body.expires_in_days),
                 },
             )
         )

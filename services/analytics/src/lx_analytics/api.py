@@ -1,14 +1,20 @@
-"""Analytics' query API for operators."""
+"""Analytics' query API, for the operator token and for access tokens.
+
+A tenant's principal sees its own account's campaigns only: stats and reports are
+scoped to them whatever the filters (another account's campaign, source or buyer gives
+the same empty answer as an unknown id), and another account's export answers 404.
+Staff (the operator token, superusers) see every account."""
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
-from lx_platform.http import operator_guard
+from lx_platform.access import Permission, Principal
+from lx_platform.http import not_found, principal_guard, require_visible
 from lx_platform.runtime import Runtime
 from lx_schemas import events as ev
 from lx_schemas.envelope import Frozen
@@ -17,7 +23,18 @@ from sqlalchemy import text
 
 from lx_analytics import domain, reports
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(operator_guard())], tags=["analytics"])
+router = APIRouter(prefix="/v1", tags=["analytics"])
+Reader = Annotated[Principal, Depends(principal_guard(Permission.REPORTS_READ))]
+Exporter = Annotated[Principal, Depends(principal_guard(Permission.EXPORTS))]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "no valid operator token or access token"},
+    403: {"description": "`forbidden`: the caller's role lacks the permission"},
+}
+
+
+def _scope(who: Principal) -> uuid.UUID | None:
+    """The account whose campaigns the principal may see; None: staff, all of them."""
+    return None if who.staff else who.account_id
 
 
 class HourlyRow(Frozen):
@@ -34,9 +51,10 @@ class HourlyRow(Frozen):
     revenue: Decimal
 
 
-@router.get("/stats/hourly", response_model=list[HourlyRow])
+@router.get("/stats/hourly", response_model=list[HourlyRow], responses=ERRORS)
 async def hourly(
     request: Request,
+    who: Reader,
     campaign_id: uuid.UUID | None = None,
     source_id: uuid.UUID | None = None,
     buyer_id: uuid.UUID | None = None,
@@ -61,6 +79,9 @@ async def hourly(
     if until is not None:
         clauses.append("hour < :until")
         params["until"] = until
+    if (account := _scope(who)) is not None:
+        clauses.append(reports.SCOPE_CLAUSE)
+        params["account"] = account
     where = f"where {' and '.join(clauses)}" if clauses else ""
     async with rt.db.begin() as conn:
         rows = await conn.execute(
@@ -105,10 +126,14 @@ def _bad(code: str, detail: str) -> HTTPException:
     "/reports",
     response_model=Report,
     response_model_by_alias=True,
-    responses={422: {"description": "invalid_period, report_too_large or a bad parameter"}},
+    responses={
+        **ERRORS,
+        422: {"description": "invalid_period, report_too_large or a bad parameter"},
+    },
 )
 async def report(
     request: Request,
+    who: Reader,
     since: Annotated[AwareDatetime, Query(alias="from", description="inclusive, UTC offset")],
     until: Annotated[AwareDatetime, Query(alias="to", description="exclusive, UTC offset")],
     granularity: ev.ReportGranularity = ev.ReportGranularity.HOUR,
@@ -138,7 +163,7 @@ async def report(
     rt: Runtime = request.app.state.runtime
     try:
         async with rt.db.begin() as conn:
-            rows = await reports.report(conn, query, since, until)
+            rows = await reports.report(conn, query, since, until, account_id=_scope(who))
     except reports.ReportTooLargeError as exc:
         raise _bad("report_too_large", f"{exc}: narrow the period, filters or grouping") from None
     return Report(
@@ -192,11 +217,27 @@ class ExportRun(Frozen):
     deleted_at: dt.datetime | None
 
 
-async def _publish(request: Request, export_id: uuid.UUID, cmd: ExportCommand) -> ev.ExportState:
+async def _export_account(request: Request, export_id: uuid.UUID) -> tuple[bool, uuid.UUID | None]:
+    """Whether the export exists, and its account (None: the platform's)."""
+    rt: Runtime = request.app.state.runtime
+    async with rt.db.begin() as conn:
+        row = (
+            await conn.execute(
+                text("select account_id from exports where export_id = :e"), {"e": export_id}
+            )
+        ).first()
+    return (False, None) if row is None else (True, row.account_id)
+
+
+async def _publish(
+    request: Request, export_id: uuid.UUID, cmd: ExportCommand, account_id: uuid.UUID | None
+) -> ev.ExportState:
     rt: Runtime = request.app.state.runtime
     state = ev.ExportState(export_id=export_id, **cmd.model_dump())
     event = ev.ExportConfigured.new(
-        account_id=domain.NO_BUYER,  # platform-wide: no account
+        # The export's account, whose campaigns its runs report on; the nil UUID: the
+        # platform's staff's, over every account.
+        account_id=account_id or domain.NO_BUYER,
         correlation_id=export_id,
         producer="analytics",
         payload=state,
@@ -208,33 +249,67 @@ async def _publish(request: Request, export_id: uuid.UUID, cmd: ExportCommand) -
     return state
 
 
-@router.post("/exports", status_code=status.HTTP_202_ACCEPTED, response_model=ev.ExportState)
-async def create_export(cmd: ExportCommand, request: Request) -> ev.ExportState:
-    """Set up a scheduled export; it appears in ``GET /v1/exports`` once projected."""
-    return await _publish(request, uuid.uuid4(), cmd)
+@router.post(
+    "/exports",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ev.ExportState,
+    responses=ERRORS,
+)
+async def create_export(cmd: ExportCommand, request: Request, who: Exporter) -> ev.ExportState:
+    """Set up a scheduled export; it appears in ``GET /v1/exports`` once projected. A
+    tenant's export reports on its own account's campaigns only."""
+    return await _publish(request, uuid.uuid4(), cmd, _scope(who))
 
 
 @router.put(
-    "/exports/{export_id}", status_code=status.HTTP_202_ACCEPTED, response_model=ev.ExportState
+    "/exports/{export_id}",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ev.ExportState,
+    responses={**ERRORS, 404: {"description": "`export_not_found`: another account's"}},
 )
 async def replace_export(
-    export_id: uuid.UUID, cmd: ExportCommand, request: Request
+    export_id: uuid.UUID, cmd: ExportCommand, request: Request, who: Exporter
 ) -> ev.ExportState:
-    """Change an export (its full state; ``status: paused`` stops its runs)."""
-    return await _publish(request, export_id, cmd)
+    """Change an export (its full state; ``status: paused`` stops its runs). An export
+    stays the account's it was made for, whoever changes it."""
+    exists, account_id = await _export_account(request, export_id)
+    if exists:
+        require_visible(who, account_id, "export")
+    else:
+        account_id = _scope(who)
+    return await _publish(request, export_id, cmd, account_id)
 
 
-@router.get("/exports", response_model=list[Export])
-async def list_exports(request: Request) -> list[Export]:
+@router.get("/exports", response_model=list[Export], responses=ERRORS)
+async def list_exports(request: Request, who: Exporter) -> list[Export]:
+    """The exports: a tenant's own account's; staff see every one."""
     rt: Runtime = request.app.state.runtime
+    account = _scope(who)
+    where = "" if account is None else "where account_id = :a "
     async with rt.db.begin() as conn:
-        rows = await conn.execute(text("select * from exports order by configured_at, export_id"))
+        rows = await conn.execute(
+            text(
+                "select export_id, name, status, query, every_hours, retention_days,"
+                f" configured_by, configured_at from exports {where}"
+                "order by configured_at, export_id"
+            ),
+            {"a": account},
+        )
         return [Export.model_validate(dict(r._mapping)) for r in rows]
 
 
-@router.get("/exports/{export_id}/runs", response_model=list[ExportRun])
-async def export_runs(export_id: uuid.UUID, request: Request) -> list[ExportRun]:
+@router.get(
+    "/exports/{export_id}/runs",
+    response_model=list[ExportRun],
+    responses={**ERRORS, 404: {"description": "`export_not_found` (or another account's)"}},
+)
+async def export_runs(export_id: uuid.UUID, request: Request, who: Exporter) -> list[ExportRun]:
     """The audit of an export's runs, kept after their files are deleted."""
+    if not who.staff:
+        exists, account_id = await _export_account(request, export_id)
+        if not exists:
+            raise not_found("export")
+        require_visible(who, account_id, "export")
     rt: Runtime = request.app.state.runtime
     async with rt.db.begin() as conn:
         rows = await conn.execute(

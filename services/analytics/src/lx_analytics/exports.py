@@ -157,7 +157,8 @@ class ExportScheduler:
     async def _run(self, conn: Any, export: Any, now: dt.datetime) -> uuid.UUID:
         query = ev.ExportQuery.model_validate(export.query)
         since, until = window_for(now, query.window_hours)
-        rows = await reports.report(conn, query, since, until)
+        # A tenant's export reports on its own campaigns only (null: staff's, all).
+        rows = await reports.report(conn, query, since, until, export.account_id)
         body = reports.to_csv(rows)
         run_id = uuid.uuid4()
         name = f"{export.export_id}/{now.astimezone(dt.UTC):%Y%m%dT%H%M%SZ}-{run_id.hex[:8]}.csv"

@@ -1,5 +1,5 @@
 """Analytics' projection: per batch, one upsert of summed deltas per table, plus the
-operators' export configurations."""
+operators' export configurations and each campaign's account (for tenants' scope)."""
 
 from __future__ import annotations
 
@@ -40,14 +40,23 @@ _UPSERT_LATENCY = text(
 )
 _UPSERT_EXPORT = text(
     "insert into exports (export_id, name, status, query, every_hours, retention_days,"
-    " configured_by, configured_at) values (:export_id, :name, :status, cast(:query as jsonb),"
-    " :every_hours, :retention_days, :configured_by, :configured_at)"
+    " configured_by, configured_at, account_id) values (:export_id, :name, :status,"
+    " cast(:query as jsonb), :every_hours, :retention_days, :configured_by, :configured_at,"
+    " :account_id)"
     " on conflict (export_id) do update set name = excluded.name, status = excluded.status,"
     " query = excluded.query, every_hours = excluded.every_hours,"
     " retention_days = excluded.retention_days, configured_by = excluded.configured_by,"
     " configured_at = excluded.configured_at"
-    # The last configuration by event time wins, whatever order the log replays them in.
+    # The last configuration by event time wins, whatever order the log replays them in;
+    # an export stays its first account's (another's command with its id changes nothing).
     " where exports.configured_at <= excluded.configured_at"
+    " and exports.account_id is not distinct from excluded.account_id"
+)
+# A campaign never moves to another account; the latest state wins all the same.
+_UPSERT_CAMPAIGN = text(
+    "insert into campaign_accounts (campaign_id, account_id)"
+    " select * from unnest(cast(:campaign_id as uuid[]), cast(:account_id as uuid[]))"
+    " on conflict (campaign_id) do update set account_id = excluded.account_id"
 )
 
 
@@ -62,6 +71,16 @@ def _columns(keys: Sequence[domain.Bucket]) -> dict[str, list[object]]:
 
 async def project(conn: AsyncConnection, batch: Sequence[Consumed]) -> None:
     exports = [i.event for i in batch if isinstance(i.event, ev.ExportConfigured)]
+    campaigns = {
+        i.event.payload.campaign_id: i.event.payload.account_id
+        for i in batch
+        if isinstance(i.event, ev.CampaignConfigured)
+    }
+    if campaigns:
+        ids = sorted(campaigns)
+        await conn.execute(
+            _UPSERT_CAMPAIGN, {"campaign_id": ids, "account_id": [campaigns[c] for c in ids]}
+        )
     d = domain.deltas(i.event for i in batch)
     # Sorted keys: concurrent batches lock rows in the same order (no deadlocks).
     if d.stats:
@@ -96,5 +115,7 @@ async def project(conn: AsyncConnection, batch: Sequence[Consumed]) -> None:
                 "retention_days": s.retention_days,
                 "configured_by": s.configured_by,
                 "configured_at": e.occurred_at,
+                # The nil account: the platform's staff, over every account.
+                "account_id": None if e.account_id == domain.NO_BUYER else e.account_id,
             },
         )

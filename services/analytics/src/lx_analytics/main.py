@@ -15,6 +15,8 @@ TOPICS = (
     topics.LEAD_ROUTED,
     topics.DELIVERY_OUTCOME,
     topics.EXPORT_CONFIGURED,
+    # Each campaign's account, so a tenant's reports hold its own campaigns only.
+    topics.CONFIG_CHANGED,
 )
 
 

@@ -77,10 +77,21 @@ def _period_sql(granularity: ev.ReportGranularity) -> str:
     return "cast(:since as timestamptz)"
 
 
+# A tenant's rows: those of its own campaigns (campaign_accounts, from config.changed).
+SCOPE_CLAUSE = (
+    "campaign_id in (select campaign_id from campaign_accounts where account_id = :account)"
+)
+
+
 async def report(
-    conn: AsyncConnection, query: ev.ExportQuery, since: dt.datetime, until: dt.datetime
+    conn: AsyncConnection,
+    query: ev.ExportQuery,
+    since: dt.datetime,
+    until: dt.datetime,
+    account_id: uuid.UUID | None = None,
 ) -> list[ReportRow]:
-    """Rows for [since, until) (whole UTC hours: an hour is in if it starts inside)."""
+    """Rows for [since, until) (whole UTC hours: an hour is in if it starts inside), of
+    one account's campaigns only if ``account_id`` is given (a tenant's), else of all."""
     dims = [_DIMENSION_COLUMNS[d] for d in query.group_by]
     select_dims = "".join(
         ", nullif(buyer_id, :nil) as buyer_id" if d == "buyer_id" else f", {d}" for d in dims
@@ -93,6 +104,9 @@ async def report(
         if value is not None:
             clauses.append(f"{name} = :{name}")
             params[name] = value
+    if account_id is not None:
+        clauses.append(SCOPE_CLAUSE)
+        params["account"] = account_id
     head = f"select {_period_sql(query.granularity)} as period{select_dims}"
     where = f"where {' and '.join(clauses)} group by {group}"
     # ``sold`` is read from the buyers' rows only (the lead-level row keeps v1's copy).

@@ -1,4 +1,7 @@
-"""Billing's query API for operators (its commands are in ``commands``)."""
+"""Billing's query API (its commands are in ``commands``), for the operator token and
+for access tokens: an account's own figures need ``billing:read`` and show only that
+account (another account's answer 404, as if it did not exist); the ledger check is
+staff's."""
 
 from __future__ import annotations
 
@@ -10,14 +13,22 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse, PlainTextResponse
-from lx_platform.http import operator_guard
+from lx_platform.access import Permission, Principal
+from lx_platform.http import principal_guard, require_visible
 from lx_platform.runtime import Runtime
 from lx_schemas.envelope import Frozen
 
 from lx_billing import store
 from lx_billing.views import InvoiceView, invoice_csv, invoice_html, invoice_view
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(operator_guard())], tags=["billing"])
+router = APIRouter(prefix="/v1", tags=["billing"])
+Reader = Annotated[Principal, Depends(principal_guard(Permission.BILLING_READ))]
+Staff = Annotated[Principal, Depends(principal_guard(Permission.PLATFORM))]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "no valid operator token or access token"},
+    403: {"description": "`forbidden`: the caller's role lacks the permission"},
+    404: {"description": "no such entity (or one of another account)"},
+}
 Month = Annotated[str, Query(pattern=r"^\d{4}-\d{2}$", description="YYYY-MM (UTC)")]
 
 
@@ -44,9 +55,12 @@ def _month(value: str) -> dt.date:
         ) from None
 
 
-@router.get("/accounts/{account_id}/statement", response_model=MonthlyStatement)
-async def statement(account_id: uuid.UUID, month: Month, request: Request) -> MonthlyStatement:
+@router.get("/accounts/{account_id}/statement", response_model=MonthlyStatement, responses=ERRORS)
+async def statement(
+    account_id: uuid.UUID, month: Month, request: Request, who: Reader
+) -> MonthlyStatement:
     """Usage and sales of one account in one month, in USD."""
+    require_visible(who, account_id, "account")
     rt: Runtime = request.app.state.runtime
     start = _month(month)
     async with rt.db.begin() as conn:
@@ -55,9 +69,10 @@ async def statement(account_id: uuid.UUID, month: Month, request: Request) -> Mo
     return MonthlyStatement(account_id=account_id, month=month, usage=used, **sold)
 
 
-@router.get("/accounts/{account_id}/balances", response_model=Balances)
-async def balances(account_id: uuid.UUID, request: Request) -> Balances:
+@router.get("/accounts/{account_id}/balances", response_model=Balances, responses=ERRORS)
+async def balances(account_id: uuid.UUID, request: Request, who: Reader) -> Balances:
     """Each ledger account's balance: the sum of its entries."""
+    require_visible(who, account_id, "account")
     rt: Runtime = request.app.state.runtime
     async with rt.db.begin() as conn:
         return Balances(account_id=account_id, balances=await store.balances(conn, account_id))
@@ -79,8 +94,9 @@ class PlanView(Frozen):
     hard_cap: int | None
 
 
-@router.get("/plans/{plan_id}", response_model=PlanView)
-async def get_plan(plan_id: uuid.UUID, request: Request) -> PlanView:
+@router.get("/plans/{plan_id}", response_model=PlanView, responses=ERRORS)
+async def get_plan(plan_id: uuid.UUID, request: Request, who: Reader) -> PlanView:
+    """A plan of the platform's price list (the same for every account)."""
     rt: Runtime = request.app.state.runtime
     async with rt.db.begin() as conn:
         plan = await store.plan(conn, plan_id)
@@ -101,9 +117,16 @@ class SubscriptionView(Frozen):
     terms: tuple[TermView, ...]
 
 
-@router.get("/accounts/{account_id}/subscriptions", response_model=list[SubscriptionView])
-async def get_subscriptions(account_id: uuid.UUID, request: Request) -> list[SubscriptionView]:
+@router.get(
+    "/accounts/{account_id}/subscriptions",
+    response_model=list[SubscriptionView],
+    responses=ERRORS,
+)
+async def get_subscriptions(
+    account_id: uuid.UUID, request: Request, who: Reader
+) -> list[SubscriptionView]:
     """The account's subscriptions; ``ends_on`` is exclusive (the first month not covered)."""
+    require_visible(who, account_id, "account")
     rt: Runtime = request.app.state.runtime
     async with rt.db.begin() as conn:
         return [SubscriptionView(**s) for s in await store.subscriptions(conn, account_id)]
@@ -118,9 +141,10 @@ class LimitView(Frozen):
     used: int
 
 
-@router.get("/accounts/{account_id}/limit", response_model=LimitView)
-async def get_limit(account_id: uuid.UUID, request: Request) -> LimitView:
+@router.get("/accounts/{account_id}/limit", response_model=LimitView, responses=ERRORS)
+async def get_limit(account_id: uuid.UUID, request: Request, who: Reader) -> LimitView:
     """The account's limit state in its latest period with usage (as published)."""
+    require_visible(who, account_id, "account")
     rt: Runtime = request.app.state.runtime
     async with rt.db.begin() as conn:
         row = await store.account_limit(conn, account_id)
@@ -138,9 +162,14 @@ class FundsView(Frozen):
     has_funds: bool
 
 
-@router.get("/accounts/{account_id}/buyers/{buyer_id}/funds", response_model=FundsView)
-async def get_funds(account_id: uuid.UUID, buyer_id: uuid.UUID, request: Request) -> FundsView:
+@router.get(
+    "/accounts/{account_id}/buyers/{buyer_id}/funds", response_model=FundsView, responses=ERRORS
+)
+async def get_funds(
+    account_id: uuid.UUID, buyer_id: uuid.UUID, request: Request, who: Reader
+) -> FundsView:
     """A prepaid buyer's balance (deposits less sales plus returns) and credit limit."""
+    require_visible(who, account_id, "account")
     rt: Runtime = request.app.state.runtime
     async with rt.db.begin() as conn:
         found = await store.prepaid_funds(conn, [buyer_id])
@@ -152,11 +181,12 @@ async def get_funds(account_id: uuid.UUID, buyer_id: uuid.UUID, request: Request
 # --- invoices and checks --------------------------------------------------------------------
 
 
-async def _invoice(request: Request, invoice_id: uuid.UUID) -> InvoiceView:
+async def _invoice(request: Request, invoice_id: uuid.UUID, who: Principal) -> InvoiceView:
     rt: Runtime = request.app.state.runtime
     async with rt.db.begin() as conn:
         row = await store.invoice(conn, invoice_id)
-    if row is None:
+    # Another account's invoice is as unknown as one that does not exist.
+    if row is None or not who.sees(row["account_id"]):
         raise _not_found("invoice_not_found", "no such invoice (or not projected yet)")
     return invoice_view(row)
 
@@ -165,10 +195,10 @@ async def _invoice(request: Request, invoice_id: uuid.UUID) -> InvoiceView:
 @router.get(
     "/invoices/{invoice_id}.csv",
     response_class=PlainTextResponse,
-    responses={200: {"content": {"text/csv": {}}}},
+    responses={200: {"content": {"text/csv": {}}}, **ERRORS},
 )
-async def get_invoice_csv(invoice_id: uuid.UUID, request: Request) -> Response:
-    view = await _invoice(request, invoice_id)
+async def get_invoice_csv(invoice_id: uuid.UUID, request: Request, who: Reader) -> Response:
+    view = await _invoice(request, invoice_id, who)
     return Response(
         invoice_csv(view),
         media_type="text/csv; charset=utf-8",
@@ -176,15 +206,15 @@ async def get_invoice_csv(invoice_id: uuid.UUID, request: Request) -> Response:
     )
 
 
-@router.get("/invoices/{invoice_id}.html", response_class=HTMLResponse)
-async def get_invoice_html(invoice_id: uuid.UUID, request: Request) -> HTMLResponse:
-    return HTMLResponse(invoice_html(await _invoice(request, invoice_id)))
+@router.get("/invoices/{invoice_id}.html", response_class=HTMLResponse, responses=ERRORS)
+async def get_invoice_html(invoice_id: uuid.UUID, request: Request, who: Reader) -> HTMLResponse:
+    return HTMLResponse(invoice_html(await _invoice(request, invoice_id, who)))
 
 
-@router.get("/invoices/{invoice_id}", response_model=InvoiceView)
-async def get_invoice(invoice_id: uuid.UUID, request: Request) -> InvoiceView:
+@router.get("/invoices/{invoice_id}", response_model=InvoiceView, responses=ERRORS)
+async def get_invoice(invoice_id: uuid.UUID, request: Request, who: Reader) -> InvoiceView:
     """An invoice with its lines and totals (``.csv`` and ``.html`` for those formats)."""
-    return await _invoice(request, invoice_id)
+    return await _invoice(request, invoice_id, who)
 
 
 class LedgerTotals(Frozen):
@@ -193,10 +223,13 @@ class LedgerTotals(Frozen):
     totals: dict[str, Decimal]
 
 
-@router.get("/accounts/{account_id}/ledger-totals", response_model=LedgerTotals)
-async def ledger_totals(account_id: uuid.UUID, month: Month, request: Request) -> LedgerTotals:
+@router.get("/accounts/{account_id}/ledger-totals", response_model=LedgerTotals, responses=ERRORS)
+async def ledger_totals(
+    account_id: uuid.UUID, month: Month, request: Request, who: Reader
+) -> LedgerTotals:
     """An invoice's totals as the ledger's entries of the month sum them: an invoice
     issued for the month reconciles with these to the cent."""
+    require_visible(who, account_id, "account")
     rt: Runtime = request.app.state.runtime
     start = _month(month)
     async with rt.db.begin() as conn:
@@ -209,10 +242,10 @@ class LedgerCheck(Frozen):
     unbalanced: list[dict[str, Any]]
 
 
-@router.get("/ledger/check", response_model=LedgerCheck)
-async def ledger_check(request: Request) -> LedgerCheck:
+@router.get("/ledger/check", response_model=LedgerCheck, responses=ERRORS)
+async def ledger_check(request: Request, who: Staff) -> LedgerCheck:
     """Every transaction's entries sum to zero; lists any that do not (there should be
-    none)."""
+    none). Platform-wide: staff only."""
     rt: Runtime = request.app.state.runtime
     async with rt.db.begin() as conn:
         wrong = await store.unbalanced_transactions(conn)

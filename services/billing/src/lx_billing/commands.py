@@ -1,7 +1,13 @@
 """Billing's operator commands: each is validated against the projection and published
 as an event on ``billing.operations`` through the outbox; the projection (handlers)
 builds its state from that event, as a rebuild from the log does. So a command's effect
-is visible once projected (``202 Accepted``), usually within a second."""
+is visible once projected (``202 Accepted``), usually within a second.
+
+Who: what an account owes the platform (plans, subscriptions, payments, invoices) is
+the platform's staff's to say (``platform:manage``). An account's ``billing:write``
+covers its own prepaid buyers' deposits and credit limits, for buyers billing already
+holds as prepaid in that account: billing does not know which account a buyer belongs
+to until then, so staff enrol a buyer first (its first deposit or credit limit)."""
 
 from __future__ import annotations
 
@@ -10,7 +16,8 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from lx_platform.http import operator_guard
+from lx_platform.access import Permission, Principal
+from lx_platform.http import principal_guard, require_visible
 from lx_platform.runtime import Runtime
 from lx_schemas import events as ev
 from lx_schemas.envelope import Event, Frozen, derived_id
@@ -20,7 +27,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from lx_billing import domain, store
 from lx_billing.views import InvoiceView, invoice_view
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(operator_guard())], tags=["billing"])
+router = APIRouter(prefix="/v1", tags=["billing"])
+Writer = Annotated[Principal, Depends(principal_guard(Permission.BILLING_WRITE))]
+Staff = Annotated[Principal, Depends(principal_guard(Permission.PLATFORM))]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "no valid operator token or access token"},
+    403: {"description": "`forbidden`: the caller's role lacks the permission"},
+    404: {"description": "no such entity (or one of another account)"},
+}
 MonthText = Annotated[str, Field(pattern=r"^\d{4}-\d{2}$", description="YYYY-MM (UTC)")]
 
 
@@ -67,8 +81,8 @@ class PlanIn(Frozen):
     hard_cap: Annotated[int, Field(ge=0)] | None = None
 
 
-@router.post("/plans", status_code=202, response_model=Accepted)
-async def define_plan(body: PlanIn, request: Request) -> Accepted:
+@router.post("/plans", status_code=202, response_model=Accepted, responses=ERRORS)
+async def define_plan(body: PlanIn, request: Request, who: Staff) -> Accepted:
     """Define a plan (``PlanDefined``). Plans are immutable: a new price is a new plan."""
     plan_id = uuid.uuid4()
     event = ev.PlanDefined.new(
@@ -95,9 +109,14 @@ class SubscriptionIn(Frozen):
     end_month: MonthText | None = Field(None, description="the last month covered (inclusive)")
 
 
-@router.post("/accounts/{account_id}/subscriptions", status_code=202, response_model=Accepted)
+@router.post(
+    "/accounts/{account_id}/subscriptions",
+    status_code=202,
+    response_model=Accepted,
+    responses=ERRORS,
+)
 async def start_subscription(
-    account_id: uuid.UUID, body: SubscriptionIn, request: Request
+    account_id: uuid.UUID, body: SubscriptionIn, request: Request, who: Staff
 ) -> Accepted:
     """Subscribe the account to a plan for whole UTC months (``SubscriptionStarted``)."""
     starts = _month(body.start_month)
@@ -145,9 +164,14 @@ class SubscriptionChange(Frozen):
     from_month: MonthText
 
 
-@router.post("/subscriptions/{subscription_id}/change", status_code=202, response_model=Accepted)
+@router.post(
+    "/subscriptions/{subscription_id}/change",
+    status_code=202,
+    response_model=Accepted,
+    responses=ERRORS,
+)
 async def change_subscription(
-    subscription_id: uuid.UUID, body: SubscriptionChange, request: Request
+    subscription_id: uuid.UUID, body: SubscriptionChange, request: Request, who: Staff
 ) -> Accepted:
     """Move the subscription to another plan from a month on (``SubscriptionChanged``);
     a change of the current month re-decides the account's limit at once."""
@@ -173,9 +197,14 @@ class SubscriptionEnd(Frozen):
     last_month: MonthText
 
 
-@router.post("/subscriptions/{subscription_id}/end", status_code=202, response_model=Accepted)
+@router.post(
+    "/subscriptions/{subscription_id}/end",
+    status_code=202,
+    response_model=Accepted,
+    responses=ERRORS,
+)
 async def end_subscription(
-    subscription_id: uuid.UUID, body: SubscriptionEnd, request: Request
+    subscription_id: uuid.UUID, body: SubscriptionEnd, request: Request, who: Staff
 ) -> Accepted:
     """End the subscription after ``last_month`` (``SubscriptionEnded``)."""
     ends = domain.next_period(_month(body.last_month))
@@ -204,8 +233,12 @@ class PaymentIn(Frozen):
     provider_ref: Annotated[str, Field(max_length=200)] | None = None
 
 
-@router.post("/accounts/{account_id}/payments", status_code=202, response_model=Accepted)
-async def record_payment(account_id: uuid.UUID, body: PaymentIn, request: Request) -> Accepted:
+@router.post(
+    "/accounts/{account_id}/payments", status_code=202, response_model=Accepted, responses=ERRORS
+)
+async def record_payment(
+    account_id: uuid.UUID, body: PaymentIn, request: Request, who: Staff
+) -> Accepted:
     """Record a payment the account made to the platform (``PaymentRecorded``), with the
     operator's reference and the payment provider's (e.g. a card processor's charge id)."""
     payment_id = uuid.uuid4()
@@ -220,13 +253,33 @@ async def record_payment(account_id: uuid.UUID, body: PaymentIn, request: Reques
     return Accepted(event_id=event.event_id, id=payment_id)
 
 
+async def _own_prepaid_buyer(
+    request: Request, who: Principal, account_id: uuid.UUID, buyer_id: uuid.UUID
+) -> None:
+    """404 unless the account is the caller's and, for a tenant, the buyer is prepaid in
+    it already: a tenant must never enrol another account's buyer (its sales would then
+    draw on funds it does not have, and router would pass it over)."""
+    require_visible(who, account_id, "account")
+    if who.staff:
+        return
+    rt: Runtime = request.app.state.runtime
+    async with rt.db.begin() as conn:
+        found = await store.prepaid_funds(conn, [buyer_id])
+    if not found or found[0].account_id != account_id:
+        raise _conflict(404, "buyer_not_prepaid", "this buyer of the account is not prepaid")
+
+
 @router.post(
-    "/accounts/{account_id}/buyers/{buyer_id}/deposits", status_code=202, response_model=Accepted
+    "/accounts/{account_id}/buyers/{buyer_id}/deposits",
+    status_code=202,
+    response_model=Accepted,
+    responses=ERRORS,
 )
 async def deposit_funds(
-    account_id: uuid.UUID, buyer_id: uuid.UUID, body: PaymentIn, request: Request
+    account_id: uuid.UUID, buyer_id: uuid.UUID, body: PaymentIn, request: Request, who: Writer
 ) -> Accepted:
     """Record a prepaid buyer's deposit (``FundsDeposited``): its sales draw on it."""
+    await _own_prepaid_buyer(request, who, account_id, buyer_id)
     deposit_id = uuid.uuid4()
     event = ev.FundsDeposited.new(
         **_envelope(account_id, buyer_id),
@@ -249,11 +302,13 @@ class CreditLimitIn(Frozen):
     "/accounts/{account_id}/buyers/{buyer_id}/credit-limit",
     status_code=202,
     response_model=Accepted,
+    responses=ERRORS,
 )
 async def set_credit_limit(
-    account_id: uuid.UUID, buyer_id: uuid.UUID, body: CreditLimitIn, request: Request
+    account_id: uuid.UUID, buyer_id: uuid.UUID, body: CreditLimitIn, request: Request, who: Writer
 ) -> Accepted:
     """Make the buyer prepaid with a credit limit (``BuyerCreditLimitSet``)."""
+    await _own_prepaid_buyer(request, who, account_id, buyer_id)
     event = ev.BuyerCreditLimitSet.new(
         **_envelope(account_id, buyer_id),
         payload=ev.BuyerCreditLimitSetPayload(buyer_id=buyer_id, credit_limit=body.credit_limit),
@@ -272,8 +327,15 @@ class InvoiceIn(Frozen):
     month: MonthText
 
 
-@router.post("/accounts/{account_id}/invoices", status_code=202, response_model=InvoiceView)
-async def issue_invoice(account_id: uuid.UUID, body: InvoiceIn, request: Request) -> InvoiceView:
+@router.post(
+    "/accounts/{account_id}/invoices",
+    status_code=202,
+    response_model=InvoiceView,
+    responses=ERRORS,
+)
+async def issue_invoice(
+    account_id: uuid.UUID, body: InvoiceIn, request: Request, who: Staff
+) -> InvoiceView:
     """Issue the account's invoice for a month (``InvoiceIssued``), its lines taken from
     the ledger now: the plan's fee and overage (booked as platform fees once projected),
     each buyer's charges and returns, the payments received. One invoice in force per
@@ -340,8 +402,12 @@ class InvoicePayment(Frozen):
     payment_id: uuid.UUID | None = None
 
 
-@router.post("/invoices/{invoice_id}/pay", status_code=202, response_model=Accepted)
-async def mark_paid(invoice_id: uuid.UUID, body: InvoicePayment, request: Request) -> Accepted:
+@router.post(
+    "/invoices/{invoice_id}/pay", status_code=202, response_model=Accepted, responses=ERRORS
+)
+async def mark_paid(
+    invoice_id: uuid.UUID, body: InvoicePayment, request: Request, who: Staff
+) -> Accepted:
     """Mark an issued invoice paid (``InvoicePaid``), naming the payment if recorded."""
     rt: Runtime = request.app.state.runtime
     async with rt.db.begin() as conn:
@@ -363,8 +429,12 @@ class InvoiceVoid(Frozen):
     reason: Annotated[str, Field(min_length=1, max_length=1000)]
 
 
-@router.post("/invoices/{invoice_id}/void", status_code=202, response_model=Accepted)
-async def void_invoice(invoice_id: uuid.UUID, body: InvoiceVoid, request: Request) -> Accepted:
+@router.post(
+    "/invoices/{invoice_id}/void", status_code=202, response_model=Accepted, responses=ERRORS
+)
+async def void_invoice(
+    invoice_id: uuid.UUID, body: InvoiceVoid, request: Request, who: Staff
+) -> Accepted:
     """Void an issued invoice (``InvoiceVoided``): its platform fees are reversed."""
     rt: Runtime = request.app.state.runtime
     async with rt.db.begin() as conn:

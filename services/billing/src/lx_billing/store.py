@@ -516,6 +516,10 @@ async def insert_invoice(
     )
     if not inserted:
         return False
+    if not p.lines:
+        # An invoice of a month with nothing on it: no lines (and an empty parameter list
+        # would make the insert below fail on every replay, dead-lettering the invoice).
+        return True
     await conn.execute(
         text(
             "insert into invoice_lines (invoice_id, line_no, kind, description, quantity,"

@@ -24,6 +24,10 @@ it into the campaign later is a v4 plus a one-off copy of this table.
 
 Requests name the subject in clear only in the operator's own call: ingest keeps its
 keyed hash, never the value, and logs the request id.
+
+Who: the operator token, or an access token whose role holds ``privacy:manage`` (an
+account's owner or admin). A tenant's principal names subjects, requests and campaigns
+of its own account only: another account's answer 404, as if they did not exist.
 """
 
 from __future__ import annotations
@@ -35,13 +39,15 @@ from typing import Annotated, Any
 
 import httpx
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from lx_platform.access import Permission, Principal
 from lx_platform.crypto import open_fields
 from lx_platform.db import Database
-from lx_platform.http import operator_guard
+from lx_platform.http import not_found, principal_guard, require_visible
 from lx_platform.logging import get_logger
+from lx_platform.outbox import Outbox
 from lx_platform.runtime import Runtime
 from lx_schemas import events as ev
-from lx_schemas.envelope import utcnow
+from lx_schemas.envelope import Event, derived_id, utcnow
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -49,7 +55,9 @@ from lx_ingest import domain, store
 from lx_ingest.settings import IngestSettings
 
 log = get_logger(__name__)
-router = APIRouter(prefix="/v1/privacy", tags=["privacy"], dependencies=[Depends(operator_guard())])
+router = APIRouter(prefix="/v1/privacy", tags=["privacy"])
+# Each route takes the principal (``who``): its account bounds what it may name.
+Privacy = Annotated[Principal, Depends(principal_guard(Permission.PRIVACY))]
 SubjectKind = domain.SubjectKind
 
 
@@ -138,8 +146,13 @@ class RetentionView(BaseModel):
     last_run_at: dt.datetime | None = None
 
 
+_AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "`unauthorized`, `invalid_token`, `token_expired`: no valid credential"},
+    403: {"description": "`forbidden`: the caller's role lacks privacy:manage"},
+}
 _SUBJECT_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "`unauthorized`: the operator token is missing or wrong"},
+    **_AUTH_ERRORS,
+    404: {"description": "`account_not_found`: another account's"},
     422: {
         "description": "`subject_required`: give exactly one of `email` and `phone`;"
         " `invalid_subject`: not an e-mail address or phone number (`field` names it);"
@@ -189,9 +202,55 @@ def _view(row: dict[str, Any], now: dt.datetime) -> PrivacyRequestView:
     )
 
 
+# --- the audit trail: admin's hash-chained log, through audit.recorded ----------------------
+
+
+def _actor(request: Request) -> str:
+    """Who made the request, as admin's audit log names them: the principal the guard
+    put on the request, else the platform's operator token (the only other credential)."""
+    actor = getattr(getattr(request.state, "principal", None), "actor", None)
+    return actor if isinstance(actor, str) else "operator_token:operator"
+
+
+def _audited(
+    actor: str,
+    action: str,
+    account_id: uuid.UUID,
+    entity: tuple[str, uuid.UUID],
+    detail: dict[str, ev.AuditValue],
+) -> ev.AuditRecorded:
+    """An entry for admin's audit log. ``detail`` holds ids, counts and settings, never a
+    subject's e-mail or phone: a subject is named by their request's id."""
+    return ev.AuditRecorded.new(
+        account_id=account_id,
+        correlation_id=entity[1],
+        producer="ingest",
+        payload=ev.AuditRecordedPayload(
+            actor=actor, action=action, entity_kind=entity[0], entity_id=entity[1], detail=detail
+        ),
+    )
+
+
+async def _audit_retention(
+    rt: Runtime, conn: AsyncConnection, request: Request, campaign_id: uuid.UUID, days: int | None
+) -> None:
+    account_id = await store.campaign_account(conn, campaign_id)
+    if account_id is not None:
+        event = _audited(
+            _actor(request),
+            "privacy.retention_set",
+            account_id,
+            ("campaign", campaign_id),
+            {"retention_days": days},
+        )
+        await rt.outbox.stage(conn, event, account_id)
+
+
 async def _open_request(
-    rt: Runtime, kind: str, body: SubjectRequest, subject: tuple[SubjectKind, bytes]
+    rt: Runtime, kind: str, body: SubjectRequest, subject: tuple[SubjectKind, bytes], actor: str
 ) -> uuid.UUID:
+    """Record the request, and its audit entry in the same transaction: neither exists
+    without the other."""
     request_id = uuid.uuid4()
     async with rt.db.begin() as conn:
         await store.insert_privacy_request(
@@ -203,6 +262,19 @@ async def _open_request(
             value_hash=subject[1],
             received_at=utcnow(),
         )
+        detail: dict[str, ev.AuditValue] = {
+            "request_id": str(request_id),
+            "subject_kind": subject[0].value,
+        }
+        event = _audited(
+            actor,
+            f"privacy.{kind}_requested",
+            body.account_id,
+            ("privacy_request", request_id),
+            detail,
+        )
+        await rt.outbox.stage(conn, event, body.account_id)
+    rt.relay.wake()
     return request_id
 
 
@@ -258,12 +330,13 @@ async def _held_lead(rt: Runtime, conn: AsyncConnection, row: dict[str, Any]) ->
 
 
 @router.post("/access", response_model=AccessExport, responses=_SUBJECT_ERRORS)
-async def access(body: SubjectRequest, request: Request) -> AccessExport:
+async def access(body: SubjectRequest, request: Request, who: Privacy) -> AccessExport:
     """A copy of everything held on the subject (GDPR art. 15), recorded as a request
     with its deadline and completed at once."""
+    require_visible(who, body.account_id, "account")
     rt = _runtime(request)
     subject = _subject(rt, body)
-    request_id = await _open_request(rt, "access", body, subject)
+    request_id = await _open_request(rt, "access", body, subject, _actor(request))
     async with rt.db.begin() as conn:
         ids = await store.subject_lead_ids(conn, body.account_id, *subject)
         leads = [await _held_lead(rt, conn, row) for row in await store.leads_held(conn, ids)]
@@ -286,19 +359,50 @@ async def perform_erasure(
     account_id: uuid.UUID,
     kind: SubjectKind,
     value_hash: bytes,
+    outbox: Outbox | None,
 ) -> tuple[int, int]:
     """Shred the subject's leads and complete the request, in the caller's transaction;
-    returns (leads found, data keys destroyed)."""
+    returns (leads found, data keys destroyed). ``LeadsErased`` is staged in the same
+    transaction, so that the router forgets the leads' keyed hashes too (``outbox``
+    None: a direct call from a test or a tool, which announces nothing)."""
     ids = await store.subject_lead_ids(conn, account_id, kind, value_hash)
     now = utcnow()
     shredded = await store.shred_leads(conn, ids, cause="erasure", now=now)
     await store.complete_privacy_request(
         conn, request_id, now=now, leads=len(ids), keys_shredded=shredded
     )
+    if outbox is not None:
+        await outbox.stage_many(conn, erased(request_id, account_id, ids, now))
+    elif ids:
+        log.warning("erasure_not_announced", request_id=str(request_id), leads=len(ids))
     return len(ids), shredded
 
 
-async def perform_pending_erasures(db: Database, limit: int) -> int:
+def erased(
+    request_id: uuid.UUID, account_id: uuid.UUID, ids: list[uuid.UUID], now: dt.datetime
+) -> list[tuple[Event, uuid.UUID | str]]:
+    """``LeadsErased`` for ``ids``, a bounded number of leads per event. Deterministic ids:
+    a retried erasure announces the same events, which consumers ignore."""
+    step = ev.MAX_ERASED_LEADS
+    return [
+        (
+            ev.LeadsErased.new(
+                event_id=derived_id("leads.erased", request_id, start),
+                occurred_at=now,
+                account_id=account_id,
+                correlation_id=request_id,
+                producer="ingest",
+                payload=ev.LeadsErasedPayload(
+                    request_id=request_id, lead_ids=tuple(ids[start : start + step])
+                ),
+            ),
+            account_id,
+        )
+        for start in range(0, len(ids), step)
+    ]
+
+
+async def perform_pending_erasures(db: Database, limit: int, outbox: Outbox | None = None) -> int:
     """Erasures whose first try failed (the pruner's round); returns how many were done."""
     async with db.begin() as conn:
         pending = await store.pending_erasures(conn, limit)
@@ -309,6 +413,7 @@ async def perform_pending_erasures(db: Database, limit: int) -> int:
                 row["account_id"],
                 SubjectKind(row["subject_kind"]),
                 bytes(row["value_hash"]),
+                outbox,
             )
     return len(pending)
 
@@ -316,35 +421,48 @@ async def perform_pending_erasures(db: Database, limit: int) -> int:
 @router.post(
     "/erasure", status_code=202, response_model=PrivacyRequestView, responses=_SUBJECT_ERRORS
 )
-async def erasure(body: SubjectRequest, request: Request) -> PrivacyRequestView:
+async def erasure(body: SubjectRequest, request: Request, who: Privacy) -> PrivacyRequestView:
     """Erase the subject (GDPR art. 17) by crypto-shredding their leads' data keys.
 
     Recorded first (due in 30 days), then performed at once; if that fails the request
     stays ``pending`` and the pruner's next round performs it. Billing's records keep
     their amounts under the leads' ids, which name no one once the keys are gone.
     """
+    require_visible(who, body.account_id, "account")
     rt = _runtime(request)
     subject = _subject(rt, body)
-    request_id = await _open_request(rt, "erasure", body, subject)
+    request_id = await _open_request(rt, "erasure", body, subject, _actor(request))
     try:
         async with rt.db.begin() as conn:
-            leads, shredded = await perform_erasure(conn, request_id, body.account_id, *subject)
+            leads, shredded = await perform_erasure(
+                conn, request_id, body.account_id, *subject, rt.outbox
+            )
+        rt.relay.wake()
         log.info("privacy_erasure_done", request_id=str(request_id), leads=leads, keys=shredded)
     except Exception as exc:  # recorded: the pruner's round performs it
         log.error("privacy_erasure_deferred", request_id=str(request_id), error=repr(exc))
     return await _request_view(rt, request_id)
 
 
-@router.get("/requests", response_model=PrivacyRequests)
+@router.get(
+    "/requests",
+    response_model=PrivacyRequests,
+    responses={**_AUTH_ERRORS, 404: {"description": "`account_not_found`: another account's"}},
+)
 async def list_requests(
     request: Request,
+    who: Privacy,
     account_id: uuid.UUID | None = None,
     status: Annotated[str | None, Query(pattern="^(pending|completed)$")] = None,
     overdue: bool = False,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> PrivacyRequests:
     """Requests with their deadlines, pending first by due date; ``overdue=true``: only
-    those past their deadline and not completed."""
+    those past their deadline and not completed. A tenant's: its own account's only."""
+    if account_id is not None:
+        require_visible(who, account_id, "account")
+    elif not who.staff:
+        account_id = who.account_id
     rt = _runtime(request)
     now = utcnow()
     async with rt.db.begin() as conn:
@@ -361,13 +479,13 @@ async def list_requests(
 @router.get(
     "/requests/{request_id}",
     response_model=PrivacyRequestView,
-    responses={404: {"description": "`request_not_found`"}},
+    responses={**_AUTH_ERRORS, 404: {"description": "`request_not_found`"}},
 )
-async def get_request(request_id: uuid.UUID, request: Request) -> PrivacyRequestView:
+async def get_request(request_id: uuid.UUID, request: Request, who: Privacy) -> PrivacyRequestView:
     rt = _runtime(request)
     async with rt.db.begin() as conn:
         row = await store.privacy_request(conn, request_id)
-    if row is None:
+    if row is None or not who.sees(row["account_id"]):
         raise HTTPException(404, {"code": "request_not_found", "detail": "no such request"})
     return _view(row, utcnow())
 
@@ -382,26 +500,43 @@ async def _retention_view(conn: AsyncConnection, campaign_id: uuid.UUID) -> Rete
 @router.put(
     "/campaigns/{campaign_id}/retention",
     response_model=RetentionView,
-    responses={404: {"description": "`campaign_not_found`: ingest does not know it (yet)"}},
+    responses={
+        **_AUTH_ERRORS,
+        404: {
+            "description": "`campaign_not_found`: ingest does not know it (yet), or it is"
+            " another account's"
+        },
+    },
 )
 async def put_retention(
-    campaign_id: uuid.UUID, body: RetentionSetting, request: Request
+    campaign_id: uuid.UUID, body: RetentionSetting, request: Request, who: Privacy
 ) -> RetentionView:
     """Shred the PII of the campaign's leads older than ``retention_days`` (null: keep
     until erased). Applies to leads already held too, at the pruner's next round."""
     rt = _runtime(request)
     async with rt.db.begin() as conn:
-        if not await store.campaign_known(conn, campaign_id):
+        account = await store.campaign_account(conn, campaign_id)
+        if account is None or not who.sees(account):
             raise HTTPException(
                 404, {"code": "campaign_not_found", "detail": "ingest knows no such campaign"}
             )
         await store.set_retention(conn, campaign_id, body.retention_days, utcnow())
+        await _audit_retention(rt, conn, request, campaign_id, body.retention_days)
         view = await _retention_view(conn, campaign_id)
     log.info("retention_set", campaign_id=str(campaign_id), days=body.retention_days)
     return view
 
 
-@router.get("/campaigns/{campaign_id}/retention", response_model=RetentionView)
-async def get_retention(campaign_id: uuid.UUID, request: Request) -> RetentionView:
+@router.get(
+    "/campaigns/{campaign_id}/retention",
+    response_model=RetentionView,
+    responses={**_AUTH_ERRORS, 404: {"description": "`campaign_not_found`: another account's"}},
+)
+async def get_retention(campaign_id: uuid.UUID, request: Request, who: Privacy) -> RetentionView:
     async with _runtime(request).db.begin() as conn:
+        if not who.staff:
+            # A tenant asks of its own campaigns only; staff may ask of any id.
+            account = await store.campaign_account(conn, campaign_id)
+            if account is None or not who.sees(account):
+                raise not_found("campaign")
         return await _retention_view(conn, campaign_id)

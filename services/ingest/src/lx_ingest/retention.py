@@ -19,7 +19,8 @@ import uuid
 
 from lx_platform.db import Database
 from lx_platform.logging import get_logger
-from lx_schemas.envelope import utcnow
+from lx_platform.outbox import Outbox
+from lx_schemas.envelope import derived_id, utcnow
 
 from lx_ingest import privacy, store
 from lx_ingest.settings import IngestSettings
@@ -30,8 +31,11 @@ log = get_logger(__name__)
 MAX_BATCHES_PER_ROUND = 50
 
 
-async def prune_once(db: Database, settings: IngestSettings) -> dict[str, int]:
-    """One round over every table; returns how many rows each lost."""
+async def prune_once(
+    db: Database, settings: IngestSettings, outbox: Outbox | None = None
+) -> dict[str, int]:
+    """One round over every table; returns how many rows each lost. ``outbox``: where
+    the erasures performed announce their leads (``LeadsErased``)."""
     batch = settings.prune_batch_rows
     ttl = dt.timedelta(hours=settings.idempotency_ttl_hours)
     deleted = {
@@ -72,30 +76,41 @@ async def prune_once(db: Database, settings: IngestSettings) -> dict[str, int]:
         deleted["rejected_leads"] += n
         if n < batch:
             break
-    deleted["leads_shredded"] = await shred_past_retention(db, batch)
+    deleted["leads_shredded"] = await shred_past_retention(db, batch, outbox)
     for _ in range(MAX_BATCHES_PER_ROUND):
-        n = await privacy.perform_pending_erasures(db, batch)
+        n = await privacy.perform_pending_erasures(db, batch, outbox)
         deleted["erasures_performed"] += n
         if n < batch:
             break
     return deleted
 
 
-async def shred_past_retention(db: Database, batch: int) -> int:
+async def shred_past_retention(db: Database, batch: int, outbox: Outbox | None = None) -> int:
     """Shred the leads whose campaign's retention has run out; each round's counts are
-    recorded per campaign (``retention_runs``)."""
+    recorded per campaign (``retention_runs``) and, with ``outbox``, the leads are
+    announced (``LeadsErased``) in the same transaction, as an erasure's are."""
     run_at = utcnow()
     total = 0
     for _ in range(MAX_BATCHES_PER_ROUND):
         async with db.begin() as conn:
             due = await store.leads_past_retention(conn, now=run_at, limit=batch)
-            await store.shred_leads(
-                conn, [lead for lead, _ in due], cause="retention", now=utcnow()
+            now = utcnow()
+            await store.shred_leads(conn, [lead for lead, _ in due], cause="retention", now=now)
+            by_campaign: dict[uuid.UUID, list[uuid.UUID]] = {}
+            for lead_id, campaign_id in due:
+                by_campaign.setdefault(campaign_id, []).append(lead_id)
+            await store.record_retention_run(
+                conn, run_at, {c: len(ids) for c, ids in by_campaign.items()}
             )
-            counts: dict[uuid.UUID, int] = {}
-            for _, campaign_id in due:
-                counts[campaign_id] = counts.get(campaign_id, 0) + 1
-            await store.record_retention_run(conn, run_at, counts)
+            if outbox is not None:
+                for campaign_id, ids in by_campaign.items():
+                    account_id = await store.campaign_account(conn, campaign_id)
+                    if account_id is None:  # cannot be: the campaign's retention is set
+                        continue
+                    # One id per batch of this run and campaign: a retried batch (its
+                    # transaction rolled back) announces under the same ids.
+                    run = derived_id("retention", run_at.isoformat(), campaign_id, ids[0])
+                    await outbox.stage_many(conn, privacy.erased(run, account_id, ids, now))
         total += len(due)
         if len(due) < batch:
             break
@@ -105,9 +120,12 @@ async def shred_past_retention(db: Database, batch: int) -> int:
 class Pruner:
     """Runs ``prune_once`` every ``prune_interval_s`` while the service runs."""
 
-    def __init__(self, db: Database, settings: IngestSettings) -> None:
+    def __init__(
+        self, db: Database, settings: IngestSettings, outbox: Outbox | None = None
+    ) -> None:
         self.db = db
         self.settings = settings
+        self.outbox = outbox
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -123,7 +141,7 @@ class Pruner:
     async def _run(self) -> None:
         while True:
             try:
-                deleted = await prune_once(self.db, self.settings)
+                deleted = await prune_once(self.db, self.settings, self.outbox)
                 if any(deleted.values()):
                     log.info("expired_rows_pruned", **deleted)
             except Exception as exc:  # the database may be away: try again next round

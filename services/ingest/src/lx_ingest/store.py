@@ -871,6 +871,14 @@ async def retention_of(conn: AsyncConnection, campaign_id: uuid.UUID) -> dict[st
     return dict(row._mapping)
 
 
+async def campaign_account(conn: AsyncConnection, campaign_id: uuid.UUID) -> uuid.UUID | None:
+    """The campaign's account, or None if ingest does not know the campaign (yet)."""
+    account: uuid.UUID | None = await conn.scalar(
+        text("select account_id from campaigns where campaign_id = :c"), {"c": campaign_id}
+    )
+    return account
+
+
 async def campaign_known(conn: AsyncConnection, campaign_id: uuid.UUID) -> bool:
     found = await conn.scalar(
         text("select true from campaigns where campaign_id = :c"), {"c": campaign_id}

@@ -170,6 +170,15 @@ def _runs(batch: Sequence[Consumed]) -> list[tuple[str, list[Consumed]]]:
     return runs
 
 
+async def forget_erased(conn: AsyncConnection, lead_ids: Sequence[uuid.UUID]) -> None:
+    """Erased leads (``LeadsErased`` on ``privacy.erasures``): their data keys are gone,
+    so their sealed copies here can no longer be opened; the keyed hashes of their
+    e-mail and phone in the per-buyer duplicate index are deleted as well."""
+    if lead_ids:
+        forgotten = await store.forget_consumers(conn, lead_ids)
+        log.info("erased_leads_forgotten", leads=len(lead_ids), consumer_hashes=forgotten)
+
+
 class RouterHandler:
     def __init__(
         self,
@@ -189,6 +198,7 @@ class RouterHandler:
         # common case); a configuration change in the batch forgets what was read.
         config = BatchConfig()
         pending = Pending()
+        erased: list[uuid.UUID] = []
         for kind, run in _runs(batch):
             if kind == "lead":
                 leads = [x.event for x in run if isinstance(x.event, ev.LeadReceived)]
@@ -198,8 +208,13 @@ class RouterHandler:
                 staged.extend(await self._after_attempts(conn, results, config, pending))
             else:
                 for item in run:
-                    await self._configure(conn, item.event, config)
+                    if isinstance(item.event, ev.LeadsErased):
+                        erased.extend(item.event.payload.lead_ids)
+                    else:
+                        await self._configure(conn, item.event, config)
         await pending.flush(conn)
+        # After the batch's own claims: one an erased lead made in this batch goes too.
+        await forget_erased(conn, erased)
         await self.outbox.stage_many(conn, staged)  # type: ignore[arg-type]
 
     async def _configure(self, conn: AsyncConnection, event: Event, config: BatchConfig) -> None:

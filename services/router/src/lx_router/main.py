@@ -22,6 +22,7 @@ def create_service(settings: RouterSettings | None = None) -> FastAPI:
             topics.BILLING_LIMITS,  # prepaid buyers out of funds are passed over
             topics.LEAD_RECEIVED,
             topics.DELIVERY_OUTCOME,
+            topics.PRIVACY_ERASURES,  # erased leads' keyed hashes are deleted
         ],
         handler=handler,
     )

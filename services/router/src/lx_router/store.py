@@ -572,6 +572,16 @@ class ConsumerClaims:
             raise DecisionConflictError("a consumer was claimed under this batch")
 
 
+async def forget_consumers(conn: AsyncConnection, lead_ids: Sequence[uuid.UUID]) -> int:
+    """Delete the duplicate index's keyed hashes claimed by ``lead_ids`` (erased leads):
+    nothing links a buyer to their person any more, and the buyer's window no longer
+    refuses them. Returns the rows deleted."""
+    result = await conn.execute(
+        text("delete from buyer_consumers where lead_id = any(:l)"), {"l": list(lead_ids)}
+    )
+    return int(result.rowcount)
+
+
 # --- offers ---------------------------------------------------------------------------------
 
 
