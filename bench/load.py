@@ -54,13 +54,14 @@ RESULTS = Path(os.environ.get("LX_BENCH_RESULTS", "bench-results")) / "load"
 RATES = [int(r) for r in os.environ.get("LX_BENCH_RATES", "25,50,100,200,500,1000").split(",")]
 STEP_S = float(os.environ.get("LX_BENCH_STEP_S", "20"))
 DRAIN_S = float(os.environ.get("LX_BENCH_DRAIN_S", "30"))
+BACKLOG_DRAIN_S = float(os.environ.get("LX_BENCH_BACKLOG_DRAIN_S", "300"))
 WORKERS = int(os.environ.get("LX_BENCH_WORKERS", "64"))
 CLOSED_S = float(os.environ.get("LX_BENCH_CLOSED_S", "20"))
 SOAK_S = float(os.environ.get("LX_BENCH_SOAK_S", "600"))
 SOAK_RATE = os.environ.get("LX_BENCH_SOAK_RATE", "auto")  # leads/s, or "auto" (see above)
-# A step is saturated when the platform finishes (to a final outcome) less than this
-# share of what was offered within the step and its drain: higher rates are then not
-# tried (each would only queue more work behind the same limit), and said so.
+# A step is saturated when the platform carries leads to their final outcome at less
+# than this share of the rate offered: higher rates are then not tried (each would only
+# queue more work behind the same limit), and said so.
 BARE_HTTP_PORT = 18_590  # below the stack's ports and the kernel's ephemeral range
 IDLE_S = float(os.environ.get("LX_BENCH_IDLE_S", "10"))
 RECORDS_PER_LEAD = 6  # see markdown(): what one sold lead writes to Kafka
@@ -428,7 +429,11 @@ async def run_load(stack: Stack, infra: Infra) -> dict[str, Any]:
             await drain(sent, outcomes, DRAIN_S)
             step = summarise(f"open {rate}/s", sent, outcomes, STEP_S)
             step["cpu_ms_per_lead"] = cpu.per_lead_ms(before, cpu.read(), step["final_outcomes"])
-            step["saturated"] = step["final_outcomes"] < SATURATED_SHARE * step["requests"]
+            step["saturated"] = (step["end_to_end_per_s"] or 0.0) < SATURATED_SHARE * rate
+            if step["saturated"]:
+                # Its backlog must not spill into the closed loop and the sustained run.
+                await drain(sent, outcomes, BACKLOG_DRAIN_S)
+                step["drained_backlog"] = {s.lead_id for s in sent if s.lead_id} <= set(outcomes.at)
             steps.append(step)
             print(json.dumps(step), flush=True)
         before = cpu.read()
