@@ -185,6 +185,13 @@ def broker_answers(bootstrap: str, timeout: float = 5.0) -> bool:
             return False
 
 
+START_LAUNCHES = 3
+
+
+class BrokerExitedError(RuntimeError):
+    """The broker process ended before it served requests."""
+
+
 class KafkaNode:
     """One combined broker+controller on 127.0.0.1, its config and data in ``data_dir``."""
 
@@ -254,8 +261,19 @@ class KafkaNode:
             libs = self.libs_dir or ensure_kafka_jars()
             self._write_config()
             self._format_storage(libs)
-            self._launch(libs)
-            self._wait_ready(deadline)
+            # A broker that really exits during start-up (a KRaft node restarted right
+            # after a kill -9, under load) is launched again; one that keeps exiting
+            # fails after the last launch.
+            for launch in range(1, START_LAUNCHES + 1):
+                self._launch(libs)
+                try:
+                    self._wait_ready(deadline)
+                    return
+                except BrokerExitedError:
+                    if launch == START_LAUNCHES or time.monotonic() > deadline:
+                        raise
+                    log.warning("Kafka broker exited during start-up; launching again")
+                    time.sleep(1.0)
 
     def _java(self) -> str:
         java_home = os.environ.get("JAVA_HOME")
@@ -387,8 +405,12 @@ class KafkaNode:
 
     def _wait_ready(self, deadline: float) -> None:
         while True:
-            if self.pid() is None:
-                raise RuntimeError(f"Kafka broker exited during start-up:\n{self._log_tail()}")
+            # The launched process itself, not pid(): between the fork and the exec of
+            # java its command line is still the shell's, which pid() does not take for
+            # a broker — on a loaded machine that window is long enough to be seen.
+            launched = read_pidfile(self.pid_file)
+            if launched is None or not pid_alive(launched):
+                raise BrokerExitedError(f"Kafka broker exited during start-up:\n{self._log_tail()}")
             # The client port opens only when request processing starts; then ask for
             # metadata to be sure the broker is registered and unfenced.
             if port_open(self.port) and broker_answers(self.bootstrap_servers):
