@@ -15,7 +15,7 @@ help:
 	@echo "make test    - set up, run unit, integration and end-to-end tests"
 	@echo "make lint    - ruff and mypy --strict"
 	@echo "make stop    - stop everything make run started"
-	@echo "make bench   - every benchmark below, figures under bench-results/ (~30 min)"
+	@echo "make bench   - every benchmark below, figures under bench-results/ (~50 min)"
 	@echo "make bench-load    - the whole stack under open- and closed-loop load, vs the machine's limits"
 	@echo "make bench-routing - routing time per lead with 50 buyers"
 	@echo "make bench-auction - the ping-post auction's own overhead beyond its buyers' time"
