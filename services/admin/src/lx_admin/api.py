@@ -8,6 +8,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from lx_platform.egress import EgressPolicy, EgressRefusedError
+from lx_platform.http import not_found
 from lx_platform.runtime import Runtime
 from lx_platform.secrets import ConfigKeys
 from lx_schemas import events as ev
@@ -24,7 +25,6 @@ from lx_admin.auth import (
     allow,
     authenticate,
     mint_access_token,
-    not_found,
 )
 
 # Every route also names the permission it needs (``allow``); an entity of another

@@ -11,7 +11,6 @@ be exchanged for a short-lived access token that the other services verify on th
 from __future__ import annotations
 
 import hmac
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Literal
 
@@ -115,18 +114,6 @@ def allow(permission: Permission) -> Callable[..., Awaitable[Principal]]:
 
     check.permission = permission  # type: ignore[attr-defined]  # read by the route audit
     return check
-
-
-def not_found(kind: str) -> HTTPException:
-    return HTTPException(
-        status.HTTP_404_NOT_FOUND, {"code": f"{kind}_not_found", "detail": f"no such {kind}"}
-    )
-
-
-def require_visible(who: Principal, account_id: uuid.UUID | str | None, kind: str) -> None:
-    """404 for an entity of another account: it does not exist for this principal."""
-    if not who.sees(account_id):
-        raise not_found(kind)
 
 
 # --- access tokens for the other services ------------------------------------------------------

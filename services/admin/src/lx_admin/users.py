@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from fastapi import APIRouter, Depends, HTTPException, Response, status
+from lx_platform.http import not_found
 from lx_platform.limits import CredentialRateLimiter
 from lx_platform.secrets import ConfigKeys
 from lx_schemas.envelope import Frozen
@@ -23,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from lx_admin import access, audit, store
 from lx_admin.access import Permission, Principal, PrincipalKind, Role
 from lx_admin.api import Rt, _current, config_keys
-from lx_admin.auth import Authenticated, allow, forbidden, not_found
+from lx_admin.auth import Authenticated, allow, forbidden
 
 router = APIRouter(prefix="/v1", tags=["access"])
 UserManager = Annotated[Principal, Depends(allow(Permission.USERS))]
