@@ -89,16 +89,23 @@ async def limit_credential(request: Request, credential: str) -> None:
     """Count a request of ``credential`` against the app's per-credential rate limit
     (``app.state.credential_limiter``, if set); 429 ``rate_limited`` with Retry-After."""
     limiter: CredentialRateLimiter | None = getattr(request.app.state, "credential_limiter", None)
-    if limiter is None:
-        return
+    if limiter is not None:
+        await admit_or_429(limiter, credential)
+
+
+async def admit_or_429(
+    limiter: CredentialRateLimiter,
+    credential: str,
+    *,
+    why: str = "more requests with this credential than allowed",
+) -> None:
+    """Count a request of ``credential``; over the limit, 429 ``rate_limited`` with
+    Retry-After, the detail saying ``why``."""
     wait = await limiter.admit(credential)
     if wait is not None:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
-            {
-                "code": "rate_limited",
-                "detail": f"more requests with this credential than allowed; retry in {wait} s",
-            },
+            {"code": "rate_limited", "detail": f"{why}; retry in {wait} s"},
             headers={"Retry-After": str(wait)},
         )
 
@@ -159,6 +166,16 @@ async def authenticate_principal(
     await limit_credential(request, who.actor)
     request.state.principal = who  # for whoever records the request's actor
     return who
+
+
+# The answers of principal_guard, for the ``responses`` of the routes it guards.
+GUARD_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {
+        "description": "`unauthorized`, `invalid_token`, `token_expired`: no valid operator"
+        " token or access token"
+    },
+    403: {"description": "`forbidden`: the caller's role lacks the permission"},
+}
 
 
 def principal_guard(permission: Permission) -> Callable[..., Awaitable[Principal]]:

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 from lx_platform.consumer import Consumed
+from lx_platform.http import admit_or_429
 from lx_platform.limits import CredentialRateLimiter
 from lx_platform.runtime import Runtime
 from lx_schemas import events as ev
@@ -184,16 +185,11 @@ def _buyer_limiter(rt: Runtime) -> CredentialRateLimiter:
 
 
 async def _limit_buyer(request: Request, token: str) -> None:
-    wait = await _buyer_limiter(runtime(request)).admit(token)
-    if wait is not None:
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            {
-                "code": "rate_limited",
-                "detail": f"more requests with this buyer token than allowed; retry in {wait} s",
-            },
-            headers={"Retry-After": str(wait)},
-        )
+    await admit_or_429(
+        _buyer_limiter(runtime(request)),
+        token,
+        why="more requests with this buyer token than allowed",
+    )
 
 
 async def buyer_principal(

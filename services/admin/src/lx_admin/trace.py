@@ -7,9 +7,9 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
-import httpx
 from fastapi import APIRouter, Depends
 from lx_platform.consumer import Consumed
+from lx_platform.deliverylog import delivery_log
 from lx_platform.logging import get_logger
 from lx_schemas import events as ev
 from lx_schemas.envelope import Event, Frozen
@@ -337,7 +337,7 @@ async def get_trace(lead_id: uuid.UUID, rt: Rt, who: TraceReader) -> LeadTrace:
             ).items()
         }
     withheld = not who.can(Permission.PII_READ)
-    deliveries, error = ([], None) if withheld else await _deliveries(rt, lead_id)
+    deliveries, error = ([], None) if withheld else await delivery_log(rt, lead_id)
     if not withheld and error is None:
         async with rt.db.begin() as conn:  # committed before the PII leaves
             await audit.record(
@@ -361,16 +361,3 @@ async def get_trace(lead_id: uuid.UUID, rt: Rt, who: TraceReader) -> LeadTrace:
         deliveries_error=error,
         deliveries_withheld=withheld,
     )
-
-
-async def _deliveries(rt: Rt, lead_id: uuid.UUID) -> tuple[list[dict[str, Any]], str | None]:
-    """Delivery's request log of the lead, or why it could not be read."""
-    url = f"{rt.settings.platform.delivery_url}/internal/v1/leads/{lead_id}/deliveries"
-    try:
-        response = await rt.internal_client().get(url)
-        response.raise_for_status()
-        deliveries: list[dict[str, Any]] = response.json()["deliveries"]
-    except (httpx.HTTPError, KeyError, ValueError) as exc:
-        log.warning("trace_deliveries_unavailable", lead_id=str(lead_id), error=repr(exc))
-        return [], f"delivery log unavailable: {exc!r}"
-    return deliveries, None

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from fastapi import APIRouter, Depends, HTTPException, Response, status
-from lx_platform.http import not_found
+from lx_platform.http import admit_or_429, not_found
 from lx_platform.limits import CredentialRateLimiter
 from lx_platform.secrets import ConfigKeys
 from lx_schemas.envelope import Frozen
@@ -122,13 +122,9 @@ def _login_limiter(rt: Any) -> CredentialRateLimiter:
 async def login(body: Login, rt: Rt) -> Session:
     """A session for a user: e-mail address, password and, once enrolled, a TOTP code
     (RFC 6238; each code is accepted once). Short-lived (30 minutes)."""
-    wait = await _login_limiter(rt).admit(body.email.strip().lower())
-    if wait is not None:
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            {"code": "rate_limited", "detail": f"too many sign-in attempts; retry in {wait} s"},
-            headers={"Retry-After": str(wait)},
-        )
+    await admit_or_429(
+        _login_limiter(rt), body.email.strip().lower(), why="too many sign-in attempts"
+    )
     async with rt.db.begin() as conn:
         user = await store.user_by_email(conn, body.email)
     hashed = user["password_hash"] if user else await asyncio.to_thread(_decoy_hash)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from lx_platform.access import Permission, Principal
-from lx_platform.http import not_found, principal_guard, require_visible
+from lx_platform.http import GUARD_ERRORS, not_found, principal_guard, require_visible
 from lx_platform.runtime import Runtime
 from lx_schemas import events as ev
 from lx_schemas.envelope import Frozen
@@ -26,10 +26,7 @@ from lx_analytics import domain, reports
 router = APIRouter(prefix="/v1", tags=["analytics"])
 Reader = Annotated[Principal, Depends(principal_guard(Permission.REPORTS_READ))]
 Exporter = Annotated[Principal, Depends(principal_guard(Permission.EXPORTS))]
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "no valid operator token or access token"},
-    403: {"description": "`forbidden`: the caller's role lacks the permission"},
-}
+ERRORS = GUARD_ERRORS
 
 
 def _scope(who: Principal) -> uuid.UUID | None:

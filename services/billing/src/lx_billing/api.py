@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse, PlainTextResponse
 from lx_platform.access import Permission, Principal
-from lx_platform.http import principal_guard, require_visible
+from lx_platform.http import GUARD_ERRORS, principal_guard, require_visible
 from lx_platform.runtime import Runtime
 from lx_schemas.envelope import Frozen
 
@@ -25,8 +25,7 @@ router = APIRouter(prefix="/v1", tags=["billing"])
 Reader = Annotated[Principal, Depends(principal_guard(Permission.BILLING_READ))]
 Staff = Annotated[Principal, Depends(principal_guard(Permission.PLATFORM))]
 ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "no valid operator token or access token"},
-    403: {"description": "`forbidden`: the caller's role lacks the permission"},
+    **GUARD_ERRORS,
     404: {"description": "no such entity (or one of another account)"},
 }
 Month = Annotated[str, Query(pattern=r"^\d{4}-\d{2}$", description="YYYY-MM (UTC)")]

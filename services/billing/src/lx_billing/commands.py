@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from lx_platform.access import Permission, Principal
-from lx_platform.http import principal_guard, require_visible
+from lx_platform.http import GUARD_ERRORS, principal_guard, require_visible
 from lx_platform.runtime import Runtime
 from lx_schemas import events as ev
 from lx_schemas.envelope import Event, Frozen, derived_id
@@ -31,8 +31,7 @@ router = APIRouter(prefix="/v1", tags=["billing"])
 Writer = Annotated[Principal, Depends(principal_guard(Permission.BILLING_WRITE))]
 Staff = Annotated[Principal, Depends(principal_guard(Permission.PLATFORM))]
 ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "no valid operator token or access token"},
-    403: {"description": "`forbidden`: the caller's role lacks the permission"},
+    **GUARD_ERRORS,
     404: {"description": "no such entity (or one of another account)"},
 }
 MonthText = Annotated[str, Field(pattern=r"^\d{4}-\d{2}$", description="YYYY-MM (UTC)")]

@@ -37,12 +37,12 @@ import uuid
 from decimal import Decimal
 from typing import Annotated, Any
 
-import httpx
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from lx_platform.access import Permission, Principal
 from lx_platform.crypto import open_fields
 from lx_platform.db import Database
-from lx_platform.http import not_found, principal_guard, require_visible
+from lx_platform.deliverylog import delivery_log
+from lx_platform.http import GUARD_ERRORS, not_found, principal_guard, require_visible
 from lx_platform.logging import get_logger
 from lx_platform.outbox import Outbox
 from lx_platform.runtime import Runtime
@@ -146,10 +146,7 @@ class RetentionView(BaseModel):
     last_run_at: dt.datetime | None = None
 
 
-_AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "`unauthorized`, `invalid_token`, `token_expired`: no valid credential"},
-    403: {"description": "`forbidden`: the caller's role lacks privacy:manage"},
-}
+_AUTH_ERRORS = GUARD_ERRORS
 _SUBJECT_ERRORS: dict[int | str, dict[str, Any]] = {
     **_AUTH_ERRORS,
     404: {"description": "`account_not_found`: another account's"},
@@ -288,19 +285,6 @@ async def _request_view(rt: Runtime, request_id: uuid.UUID) -> PrivacyRequestVie
 # --- access ---------------------------------------------------------------------------------
 
 
-async def _deliveries(rt: Runtime, lead_id: uuid.UUID) -> tuple[list[dict[str, Any]], str | None]:
-    """Delivery's request log of the lead, opened with the lead's key, or why not."""
-    url = f"{rt.settings.platform.delivery_url}/internal/v1/leads/{lead_id}/deliveries"
-    try:
-        response = await rt.internal_client().get(url)
-        response.raise_for_status()
-        deliveries: list[dict[str, Any]] = response.json()["deliveries"]
-    except (httpx.HTTPError, KeyError, ValueError) as exc:
-        log.warning("access_deliveries_unavailable", lead_id=str(lead_id), error=repr(exc))
-        return [], f"delivery log unavailable: {type(exc).__name__}"
-    return deliveries, None
-
-
 async def _held_lead(rt: Runtime, conn: AsyncConnection, row: dict[str, Any]) -> HeldLead:
     vault: store.KeyVault = rt.extras["vault"]
     content = row.pop("content")
@@ -343,7 +327,7 @@ async def access(body: SubjectRequest, request: Request, who: Privacy) -> Access
         refusals = [HeldRefusal(**row) for row in await store.refusals_held(conn, ids)]
     for lead in leads:
         if lead.pii_state == "readable":
-            lead.deliveries, lead.deliveries_error = await _deliveries(rt, lead.lead_id)
+            lead.deliveries, lead.deliveries_error = await delivery_log(rt, lead.lead_id)
     async with rt.db.begin() as conn:
         await store.complete_privacy_request(conn, request_id, now=utcnow(), leads=len(ids))
     log.info("privacy_access_exported", request_id=str(request_id), leads=len(ids))
